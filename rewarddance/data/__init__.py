@@ -1,0 +1,1 @@
+"""Shard format, writers, streaming DataModules, importers and the shapes world."""
