@@ -1,0 +1,108 @@
+"""rewarddance: train generative reward models for visual generation, and RL against them.
+
+Lightning's ``fit`` / ``validate`` / ``test`` / ``predict`` come from :class:`LightningCLI`;
+the project's own commands (data building, inspection, ...) are plain typed functions added
+as further subcommands of the same parser, so ``--help`` lists them all and their arguments
+are documented from the functions' signatures and docstrings.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import LightningCLI
+
+from rewarddance.commands import COMMANDS, CommandTree
+
+
+def _short_doc(fn: Callable[..., Any]) -> str:
+    return (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+
+
+def _description(fn: Callable[..., Any]) -> str | None:
+    # The Args section is shown per option by jsonargparse; keep only the prose above it.
+    doc = (fn.__doc__ or "").split("Args:")[0].strip()
+    return " ".join(doc.split()) or None
+
+
+class RewardDanceCLI(LightningCLI):
+    """LightningCLI plus the project's commands (``data shapes``, ``data import``, ``data inspect``, ...)."""
+
+    project_commands: CommandTree = COMMANDS
+
+    def _add_subcommands(self, parser: Any, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, target in self.project_commands.items():
+            self._attach(parser._subcommands_action, name, target)
+
+    def _attach(self, subcommands: Any, name: str, target: Callable[..., Any] | CommandTree) -> None:
+        # jsonargparse wants each level attached to its parent before its own subcommands are added.
+        if isinstance(target, dict):
+            doc = str(target.get("__doc__", ""))
+            parser = ArgumentParser(description=doc)
+            subcommands.add_subcommand(name, parser, help=doc)
+            children = parser.add_subcommands(dest="command")
+            for child_name, child in target.items():
+                if child_name != "__doc__":
+                    self._attach(children, child_name, child)  # type: ignore[arg-type]
+            return
+        parser = ArgumentParser(description=_description(target))
+        # Positional-only parameters (before "/") are positional on the command line; the rest are --options.
+        params = inspect.signature(target).parameters
+        positional = {n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY}
+        if positional:
+            parser.add_function_arguments(target, as_group=False, as_positional=True, skip=set(params) - positional)
+        parser.add_function_arguments(target, as_group=False, skip=positional)
+        subcommands.add_subcommand(name, parser, help=_short_doc(target))
+
+    def _resolve_command(self) -> tuple[Callable[..., Any], dict[str, Any]] | None:
+        name = self.config["subcommand"]
+        if name not in self.project_commands:
+            return None
+        target: Any = self.project_commands[name]
+        config = self.config[name]
+        while isinstance(target, dict):
+            child = config["command"]
+            target, config = target[child], config[child]
+        kwargs = {k: v for k, v in dict(config).items() if k not in ("command", "config", "__path__")}
+        return target, kwargs
+
+    def _set_seed(self) -> None:
+        if self.config["subcommand"] not in self.project_commands:
+            super()._set_seed()
+
+    def _add_instantiators(self) -> None:
+        if self.config["subcommand"] not in self.project_commands:
+            super()._add_instantiators()
+
+    def instantiate_classes(self) -> None:
+        if self.config["subcommand"] not in self.project_commands:
+            super().instantiate_classes()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        resolved = self._resolve_command()
+        if resolved is None:
+            super()._run_subcommand(subcommand)
+            return
+        fn, kwargs = resolved
+        params = inspect.signature(fn).parameters
+        args = [kwargs.pop(n) for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+        self.result = fn(*args, **kwargs)
+
+
+def main(args: list[str] | None = None) -> RewardDanceCLI:
+    """Run the command line with ``args`` (default: ``sys.argv[1:]``); returns the CLI object.
+
+    Tests and notebooks call ``main(["fit", "--config", "configs/quickstart.yaml"])`` in-process;
+    ``cli.result`` holds what a project command returned.
+    """
+    return RewardDanceCLI(
+        args=args,
+        parser_kwargs={"prog": "python -m rewarddance", "description": __doc__.splitlines()[0]},
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+    )

@@ -1,0 +1,24 @@
+"""The project's own command-line commands, as plain typed functions.
+
+Each leaf is a function whose signature and Google-style docstring become its ``--help``; a
+dict groups commands under a name (``data shapes``). ``rewarddance.cli`` adds them next to
+Lightning's fit / validate / test / predict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Union
+
+from rewarddance.commands import data
+
+CommandTree = dict[str, Union[Callable[..., Any], "CommandTree", str]]
+
+COMMANDS: CommandTree = {
+    "data": {
+        "__doc__": "Build, import and inspect rewarddance shards.",
+        "shapes": data.shapes,
+        "import": data.import_dataset,
+        "inspect": data.inspect,
+    },
+}

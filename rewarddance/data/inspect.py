@@ -1,0 +1,96 @@
+"""Summaries of a shard folder: what ``python -m rewarddance data inspect`` prints."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+
+from rewarddance.data.schema import Sample, decode_sample
+from rewarddance.data.writer import MANIFEST
+
+
+def shard_paths(source: str | os.PathLike) -> list[str]:
+    """The tar shards of a folder (in manifest order when there is one), or of a glob pattern."""
+    path = Path(source)
+    if path.is_dir():
+        manifest = path / MANIFEST
+        if manifest.exists():
+            return [str(path / s["path"]) for s in json.loads(manifest.read_text())["shards"]]
+        return sorted(str(p) for p in path.glob("*.tar"))
+    matches = sorted(glob.glob(str(source)))
+    if not matches:
+        raise FileNotFoundError(f"no shards found at {str(source)!r} (expected a folder of .tar shards or a glob)")
+    return matches
+
+
+@dataclass
+class ShardSummary:
+    """Counts over every sample of a shard set; visuals are not decoded except for ``example``."""
+
+    shards: list[str]
+    total: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    labels: Counter[str] = field(default_factory=Counter)
+    answers: Counter[str] = field(default_factory=Counter)
+    categories: Counter[str] = field(default_factory=Counter)
+    sources: Counter[str] = field(default_factory=Counter)
+    with_references: int = 0
+    with_rationale: int = 0
+    videos: int = 0
+    example: Sample | None = None
+
+    def report(self) -> str:
+        def fmt(counter: Counter[str]) -> str:
+            return ", ".join(f"{k}={v}" for k, v in sorted(counter.items())) or "-"
+
+        lines = [
+            f"shards: {len(self.shards)}   samples: {self.total}",
+            f"kinds: {fmt(self.kinds)}",
+            f"pair labels: {fmt(self.labels)}   (ties: {self.labels.get('tie', 0)})",
+            f"point answers: {fmt(self.answers)}",
+            f"categories: {fmt(self.categories)}",
+            f"sources: {fmt(self.sources)}",
+            f"with references: {self.with_references}   with rationale: {self.with_rationale}   videos: {self.videos}",
+        ]
+        if self.example is not None:
+            ex = self.example
+            visuals = ", ".join(
+                f"{role}: {len(clip)} x {clip[0].size[0]}x{clip[0].size[1]}" for role, clip in ex.roles().items()
+            )
+            fields = {
+                k: v
+                for k, v in vars(ex).items()
+                if k not in ("first", "second", "image", "references") and v not in (None, [], {})
+            }
+            lines += ["example sample:", f"  visuals: {visuals}"]
+            lines += [f"  {k}: {v}" for k, v in fields.items()]
+        return "\n".join(lines)
+
+
+def summarize(source: str | os.PathLike) -> ShardSummary:
+    """Count kinds, labels, ties, categories and sources over all samples of ``source``."""
+    shards = shard_paths(source)
+    summary = ShardSummary(shards=shards)
+    # Raw bytes only: nothing is decoded by webdataset, samples are parsed by decode_sample.
+    for raw in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+        sample = decode_sample(raw, load_visuals=summary.example is None)
+        if summary.example is None:
+            summary.example = sample
+        summary.total += 1
+        summary.kinds[sample.kind] += 1
+        if sample.label:
+            summary.labels[sample.label] += 1
+        if sample.answer:
+            summary.answers[sample.answer] += 1
+        summary.categories[sample.category or "none"] += 1
+        summary.sources[sample.source] += 1
+        summary.with_references += bool(sample.references)
+        summary.with_rationale += sample.rationale is not None
+        summary.videos += sample.is_video
+    return summary

@@ -1,0 +1,12 @@
+"""Test-wide settings: one thread per process (two threads on a busy 2-core machine run ~10x
+slower, ENV.md), no network, no wandb account."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
