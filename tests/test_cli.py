@@ -39,3 +39,17 @@ def test_unknown_argument_is_rejected(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "inspect", "somewhere", "--no-such-flag"])
     assert exit_info.value.code != 0
+
+
+def test_data_import_command_writes_shards(tmp_path, capsys):
+    from tests.data.importer_fixtures import make_pickapic
+
+    fixture = make_pickapic(tmp_path / "raw")
+    report = main(
+        ["data", "import", "--format", "pickapic", "--input", str(fixture.input), "--out", str(tmp_path / "out"),
+         "--on_error", "skip"]
+    ).result  # fmt: skip
+    assert report.written > 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tar"))
+    summary = main(["data", "inspect", str(tmp_path / "out")]).result
+    assert summary.total == report.written

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Union
 
 from rewarddance.commands import data
+from rewarddance.data.importers import import_dataset
 
 CommandTree = dict[str, Union[Callable[..., Any], "CommandTree", str]]
 
@@ -18,7 +19,7 @@ COMMANDS: CommandTree = {
     "data": {
         "__doc__": "Build, import and inspect rewarddance shards.",
         "shapes": data.shapes,
-        "import": data.import_dataset,
+        "import": import_dataset,
         "inspect": data.inspect,
     },
 }

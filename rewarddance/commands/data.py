@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-ImportFormat = Literal["pickapic", "hpdv2", "imagereward", "videogen-rewardbench", "genai-bench", "hpdv3"]
-
-
 def shapes(
     out: str,
     samples: int = 1000,
@@ -28,29 +25,6 @@ def shapes(
     summary = build_split(out, split=split, samples=samples, seed=seed, video=video)
     print(f"wrote {summary['total']} {split} samples to {out}")
     return summary
-
-
-def import_dataset(
-    format: ImportFormat,
-    input: str,
-    out: str,
-    on_error: Literal["raise", "skip"] = "raise",
-    max_samples: int | None = None,
-) -> object:
-    """Convert a public preference dataset into rewarddance shards.
-
-    Args:
-        format: Which dataset format ``input`` is in (see data/README.md).
-        input: The dataset file (parquet / json / csv) as released.
-        out: Output folder for the shards and manifest.json.
-        on_error: ``raise`` stops at the first bad row naming file, row and field; ``skip`` counts and skips it.
-        max_samples: Stop after this many written samples.
-    """
-    from rewarddance.data.importers import import_dataset as run_import
-
-    report = run_import(format, input, out, on_error=on_error, max_samples=max_samples)
-    print(report)
-    return report
 
 
 def inspect(source: str, /) -> object:

@@ -1,0 +1,199 @@
+"""The importer registry and :func:`import_dataset`, the one entry point the CLI calls."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from tqdm.auto import tqdm
+
+from rewarddance.data.importers.common import (
+    TIE,
+    Criterion,
+    DatasetImportError,
+    ErrorPolicy,
+    Importer,
+    ImportOptions,
+    ImportReport,
+    RowError,
+    SkipRow,
+    TiePolicy,
+)
+from rewarddance.data.importers.genai_bench import GenAIBenchImporter
+from rewarddance.data.importers.hpdv2 import HPDv2Importer
+from rewarddance.data.importers.hpdv3 import HPDv3Importer
+from rewarddance.data.importers.imagereward import ImageRewardImporter
+from rewarddance.data.importers.pickapic import PickAPicImporter
+from rewarddance.data.importers.videogen_rewardbench import VideoGenRewardBenchImporter
+from rewarddance.data.writer import MANIFEST, SampleWriter
+
+Format = Literal["pickapic", "hpdv2", "imagereward", "videogen-rewardbench", "genai-bench", "hpdv3"]
+ImageExt = Literal["png", "jpg", "jpeg", "webp"]
+
+IMPORTERS: dict[str, type[Importer]] = {
+    cls.name: cls
+    for cls in (
+        PickAPicImporter,
+        HPDv2Importer,
+        ImageRewardImporter,
+        VideoGenRewardBenchImporter,
+        GenAIBenchImporter,
+        HPDv3Importer,
+    )
+}
+"""Format name -> importer class."""
+
+
+def get_importer(format: str) -> type[Importer]:
+    """The importer class registered as ``format``.
+
+    Raises:
+        ValueError: naming the known formats.
+    """
+    try:
+        return IMPORTERS[format]
+    except KeyError:
+        raise ValueError(f"unknown dataset format {format!r}; known: {', '.join(IMPORTERS)}") from None
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse to mix a new import with shards already in ``out``, unless asked to replace them."""
+    if not out.exists():
+        return
+    old = [*out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"), *([out / MANIFEST] if (out / MANIFEST).exists() else [])]
+    if old and not overwrite:
+        raise FileExistsError(f"{out} already holds shards ({old[0].name}, ...); pass overwrite=True to replace them")
+    for path in old:
+        path.unlink()
+
+
+def import_dataset(
+    format: Format,
+    input: Path,
+    out: Path,
+    *,
+    split: str | None = None,
+    max_samples: int | None = None,
+    on_error: ErrorPolicy = "raise",
+    ties: TiePolicy = "keep",
+    criterion: Criterion | None = None,
+    image_root: Path | None = None,
+    video_fps: float = 8.0,
+    image_ext: ImageExt = "png",
+    shard_size: int = 1000,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ImportReport:
+    """Convert a public preference dataset into rewarddance shards (one split per output folder).
+
+    Every written sample is a ``pair`` with the dataset's label convention applied (see each
+    importer's module docstring), ``source``, ``models``, ``category`` where the dataset has one,
+    and the original ids in ``meta``. Next to the shards the writer leaves ``manifest.json``, which
+    also records this import (options and the report). A failed import removes what it wrote.
+
+    Args:
+        format: The dataset format.
+        input: The dataset file, or a folder holding it (parquet shards are searched in sub-folders).
+        out: Output folder for the shards and manifest.
+        split: Which split to read when ``input`` is a folder holding several (``train``, ``test``,
+            ``validation_unique``, ``image_generation``...); also the shard file prefix.
+        max_samples: Stop after writing this many samples.
+        on_error: ``raise``: stop at the first broken row (missing or undecodable image, empty prompt,
+            unknown label) with an error naming file, row and field. ``skip``: skip it and count it.
+        ties: ``keep`` tied pairs as label ``tie`` (soft label 0.5), or ``drop`` them (counted ``tie``).
+        criterion: VideoGen-RewardBench dimension that labels a pair (default: Overall if the csv has it, else TA).
+        image_root: Folder that image and clip paths are relative to (default: next to the input file).
+        video_fps: Frame rate for clips whose dataset gives none (GenAI-Bench video).
+        image_ext: Encoding of the written images (png is lossless, jpg/webp are smaller).
+        shard_size: Samples per shard.
+        overwrite: Replace shards already in ``out`` (otherwise an error).
+        progress: Show a progress bar and print the summary to stderr.
+
+    Returns:
+        What was read, written and skipped (per reason).
+
+    Raises:
+        DatasetImportError: for unreadable input, a missing required column, or (``on_error="raise"``) a broken row.
+        FileExistsError: if ``out`` already holds shards and ``overwrite`` is false.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if ties not in ("keep", "drop"):
+        raise ValueError(f"ties must be 'keep' or 'drop', got {ties!r}")
+    if max_samples is not None and max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0, got {max_samples}")
+    options = ImportOptions(split=split, criterion=criterion, image_root=image_root, video_fps=video_fps)
+    importer = get_importer(format)(Path(input), options)
+
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    report = ImportReport(format=format, source=importer.source, inputs=[str(p) for p in importer.files], out=str(out))
+    skipped: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
+    info = {
+        "import": {
+            "format": format,
+            "input": os.fspath(input),
+            "split": split,
+            "on_error": on_error,
+            "ties": ties,
+            "criterion": criterion,
+            "image_root": os.fspath(image_root) if image_root is not None else None,
+            "video_fps": video_fps,
+            "max_samples": max_samples,
+        }
+    }
+    writer = SampleWriter(out, prefix=split or format, max_count=shard_size, image_ext=image_ext, info=info)
+    bar = tqdm(total=importer.total(), unit="row", desc=f"import {format}", disable=not progress, file=sys.stderr)
+    try:
+        for record in importer.records():
+            if max_samples is not None and report.written >= max_samples:
+                break
+            report.read += 1
+            bar.update()
+            try:
+                samples = importer.convert(record)
+            except SkipRow as skip:
+                skipped[skip.reason] += 1
+                continue
+            except RowError as err:
+                located = DatasetImportError(
+                    record.path,
+                    err.problem,
+                    row=record.row,
+                    row_id=record.row_id,
+                    field=err.field,
+                    reason=err.reason,
+                    hint="Pass on_error='skip' to skip and count such rows" if on_error == "raise" else "",
+                )
+                if on_error == "raise":
+                    raise located from None
+                skipped[err.reason] += 1
+                report.examples.setdefault(err.reason, str(located))
+                continue
+            for sample in samples:
+                if ties == "drop" and sample.label == "tie":
+                    skipped[TIE] += 1
+                    continue
+                if max_samples is not None and report.written >= max_samples:
+                    break
+                writer.write(sample)
+                labels[str(sample.label)] += 1
+                report.written += 1
+    except BaseException:
+        bar.close()
+        writer.close()
+        for path in [*writer.shard_paths, out / MANIFEST]:
+            path.unlink(missing_ok=True)
+        raise
+    bar.close()
+    report.skipped, report.labels = dict(skipped), dict(labels)
+    report.shards = [str(p) for p in writer.shard_paths]
+    writer.info["import"].update(read=report.read, written=report.written, skipped=dict(sorted(skipped.items())))
+    writer.close()
+    if progress:
+        print(report.summary(), file=sys.stderr)
+    return report
