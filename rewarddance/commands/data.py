@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+
 def shapes(
     out: str,
     samples: int = 1000,

@@ -45,6 +45,11 @@ class ShardFormatError(ValueError):
         self.shard, self.key, self.field, self.problem = shard, key, field_name, problem
         super().__init__(f"shard {shard!r}, sample {key!r}, field {field_name!r}: {problem}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default reduce replays ``args`` (the formatted message) into __init__, which takes four
+        # arguments: without this the error could not cross a DataLoader worker or DDP process boundary.
+        return (type(self), (self.shard, self.key, self.field, self.problem))
+
 
 @dataclass
 class Sample:
@@ -77,6 +82,9 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     """Free-form metadata, e.g. the GenEval-style scene description of a shapes sample."""
     shard: str = ""
+    padding: bool = False
+    """Set by the streaming reader on a repeat added so every rank gets the same number of batches
+    (or that stands in for a skipped bad sample): metrics should leave it out. Not stored in shards."""
 
     @property
     def is_video(self) -> bool:

@@ -80,6 +80,10 @@ class SampleWriter:
         if sample.answer is not None:
             self.counts[f"answer={sample.answer}"] += 1
 
+    def next_shard(self) -> None:
+        """End the current shard early; the next :meth:`write` starts a new one (e.g. uneven shard sizes)."""
+        self._close_current()
+
     @property
     def total(self) -> int:
         return sum(s["samples"] for s in self._shards)
