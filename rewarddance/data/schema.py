@@ -170,9 +170,8 @@ def validate_sample(sample: Sample) -> None:
         fail("label", f"must be one of {LABELS}, got {sample.label!r}")
     if sample.kind != "pair" and sample.label is not None:
         fail("label", "only pair samples have a pair label")
-    if sample.soft_label is not None:
-        if sample.kind != "pair" or not (0.0 <= float(sample.soft_label) <= 1.0):
-            fail("soft_label", f"must be a probability in [0, 1] on a pair sample, got {sample.soft_label!r}")
+    if sample.soft_label is not None and (sample.kind != "pair" or not (0.0 <= float(sample.soft_label) <= 1.0)):
+        fail("soft_label", f"must be a probability in [0, 1] on a pair sample, got {sample.soft_label!r}")
     if sample.kind == "point" and sample.answer not in ANSWERS:
         fail("answer", f"must be one of {ANSWERS}, got {sample.answer!r}")
     if sample.kind != "point" and sample.answer is not None:

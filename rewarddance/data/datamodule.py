@@ -1,0 +1,263 @@
+"""A model-agnostic Lightning DataModule over rewarddance shards.
+
+The task decides how samples become tensors: if the LightningModule attached to the trainer has
+``collate(samples: list[Sample]) -> Any``, batches are built with it (inside the DataLoader
+workers); otherwise with the ``collate_fn`` argument; otherwise a batch is a plain
+``list[Sample]``. The task can also declare what it reads, so the reader skips the rest:
+``needs_references: bool`` (decode ``Sample.references``) and ``needs_visuals: bool`` (decode
+images at all). Declarations on the module win over the DataModule's ``load_*`` arguments.
+
+See :mod:`rewarddance.data.stream` for how shards are split over ranks and workers so every rank
+gets the same number of batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning as L
+
+from rewarddance.data.schema import Sample
+from rewarddance.data.stream import ShardInfo, ShardStream, StreamLoader, resolve_shards
+
+log = logging.getLogger(__name__)
+
+
+Source = str | list[str]
+EvalSets = str | list[str] | dict[str, str | list[str]]
+Stage = Literal["train", "validate", "test", "predict"]
+_ATTR = {"train": "train", "validate": "val", "test": "test", "predict": "predict"}
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Streams rewarddance shards to a Trainer, with equal batch counts on every DDP rank.
+
+    Sources are folders holding ``manifest.json`` (as written by ``SampleWriter``), shard paths,
+    brace patterns (``data/train/shard-{000000..000009}.tar``) or ``pipe:``/``http(s)://`` URLs,
+    or lists of these. Evaluation sets may be dicts of named sets, e.g.
+    ``{"test-id": data/shapes/test, "test-ood": data/shapes/ood}``: one dataloader each, in that
+    order; :meth:`set_name` maps a ``dataloader_idx`` back to its name for logging.
+
+    Training data is shuffled per epoch; evaluation data is read in order, never resampled, and
+    padded to equal batch counts with the repeats marked ``Sample.padding = True`` (leave them out
+    of metrics). Bad samples raise a ``ShardFormatError`` naming shard, sample and field, or, with
+    ``on_error: skip``, are skipped, counted and reported per epoch (:attr:`reports`).
+
+    Args:
+        train: Training shards.
+        val: Validation shards, or a dict of named validation sets.
+        test: Test shards, or a dict of named test sets (e.g. in- and out-of-domain).
+        predict: Prediction shards, or a dict of named sets.
+        batch_size: Samples per batch, per rank.
+        eval_batch_size: Samples per batch for val/test/predict; defaults to ``batch_size``.
+        num_workers: DataLoader worker processes per rank.
+        shuffle: Shuffle training shards and samples, differently every epoch.
+        shuffle_buffer: Per-worker sample shuffle buffer for training (raw, undecoded samples).
+        seed: Seed of shard order, shuffle buffers and resampling (combined with the epoch).
+        resampled: Train on an endless stream of shards drawn with replacement; needs ``epoch_length``.
+        epoch_length: Training samples per rank per epoch in resampled mode.
+        even_out: How training gives every rank the same sample count: ``pad`` repeats at most
+            one sample per rank, ``drop`` leaves at most one per rank out of the epoch.
+        on_error: On a bad sample: ``raise`` an error naming shard, sample and field, or ``skip``
+            it (counted per field, replaced by the next sample, reported at the epoch's end).
+        load_visuals: Decode images (``False``: metadata-only samples). The module's
+            ``needs_visuals`` attribute overrides this.
+        load_references: Decode reference images. The module's ``needs_references`` attribute
+            overrides this.
+        collate_fn: Builds a batch from ``list[Sample]`` when the LightningModule has no ``collate``.
+        pin_memory: Passed to the DataLoaders.
+        persistent_workers: Keep workers alive between epochs (the epoch still reaches them).
+        prefetch_factor: Batches prefetched per worker (only with ``num_workers > 0``).
+    """
+
+    def __init__(
+        self,
+        train: Source | None = None,
+        val: EvalSets | None = None,
+        test: EvalSets | None = None,
+        predict: EvalSets | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        resampled: bool = False,
+        epoch_length: int | None = None,
+        even_out: Literal["pad", "drop"] = "pad",
+        on_error: Literal["raise", "skip"] = "raise",
+        load_visuals: bool = True,
+        load_references: bool = True,
+        collate_fn: Callable[[list[Sample]], Any] | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+    ) -> None:
+        super().__init__()
+        # Cheap on purpose: LightningCLI builds this to print configs; shards are read in setup().
+        if resampled and not epoch_length:
+            raise ValueError("resampled: true needs epoch_length (training samples per rank per epoch)")
+        self.save_hyperparameters(ignore=["collate_fn"])
+        self.train, self.val, self.test, self.predict = train, val, test, predict
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.shuffle, self.shuffle_buffer, self.seed = num_workers, shuffle, shuffle_buffer, seed
+        self.resampled, self.epoch_length, self.even_out, self.on_error = resampled, epoch_length, even_out, on_error
+        self.load_visuals, self.load_references = load_visuals, load_references
+        self.collate_fn = collate_fn
+        self.pin_memory, self.persistent_workers, self.prefetch_factor = pin_memory, persistent_workers, prefetch_factor
+        self._shards: dict[tuple[str, str], list[ShardInfo]] = {}
+        self._loaders: dict[str, StreamLoader] = {}
+        self.set_names: dict[str, list[str]] = {}
+        """Names of the eval sets per stage (``"validate"``, ``"test"``, ``"predict"``), in dataloader order."""
+        self._hide_missing_stages()
+
+    def _hide_missing_stages(self) -> None:
+        # Lightning decides whether a stage has data by checking if ``<stage>_dataloader`` is
+        # overridden; an instance attribute of None reads as "not defined". So a stage without a
+        # source is skipped cleanly (no empty-loader warnings), and a dataloader hook on the
+        # LightningModule can still supply it.
+        for attr in _ATTR.values():
+            hook = f"{attr}_dataloader"
+            if getattr(self, attr) is None:
+                self.__dict__[hook] = None
+            else:
+                self.__dict__.pop(hook, None)
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _specs(self, stage: str) -> dict[str, Source]:
+        """Stream name -> source for a stage; a plain eval source is named after its argument."""
+        attr = _ATTR[stage]
+        spec = getattr(self, attr)
+        if spec is None:
+            return {}
+        return dict(spec) if isinstance(spec, dict) else {attr: spec}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve shard lists and manifest counts for the stage (reads manifests only)."""
+        self._hide_missing_stages()  # sources may have been set after __init__
+        stages = {"fit": ("train", "validate"), "validate": ("validate",), "test": ("test",), "predict": ("predict",)}
+        for s in stages.get(stage or "", ("train", "validate", "test", "predict")):
+            specs = self._specs(s)
+            self.set_names[s] = list(specs)
+            for name, spec in specs.items():
+                if (s, name) not in self._shards:
+                    self._shards[s, name] = resolve_shards(spec)
+
+    # -- the task's wishes ---------------------------------------------------------------------
+
+    def _module(self) -> Any:
+        trainer = getattr(self, "trainer", None)
+        return getattr(trainer, "lightning_module", None) if trainer is not None else None
+
+    def _collate(self) -> Callable[[list[Sample]], Any] | None:
+        collate = getattr(self._module(), "collate", None)
+        return collate if callable(collate) else self.collate_fn
+
+    def _wants(self) -> tuple[bool, bool]:
+        module = self._module()
+        visuals = getattr(module, "needs_visuals", None)
+        references = getattr(module, "needs_references", None)
+        return (
+            self.load_visuals if visuals is None else bool(visuals),
+            self.load_references if references is None else bool(references),
+        )
+
+    def _dist(self) -> tuple[int | None, int | None]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None, None  # ShardStream falls back to torch.distributed
+        return trainer.global_rank, trainer.world_size
+
+    def _train_epoch(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        # The value Lightning itself passes to samplers' set_epoch: the index of the epoch about to
+        # run whenever the train loader is iterated, also right after restoring a checkpoint (where
+        # ``current_epoch`` lags by one until the fit loop starts).
+        return trainer.fit_loop.epoch_progress.current.processed
+
+    # -- loaders -------------------------------------------------------------------------------
+
+    def _loader(self, stage: str, name: str, spec: Source) -> StreamLoader:
+        train = stage == "train"
+        if (stage, name) not in self._shards:  # a *_dataloader() call without setup()
+            self._shards[stage, name] = resolve_shards(spec)
+        shards = self._shards[stage, name]
+        rank, world = self._dist()
+        visuals, references = self._wants()
+        stream = ShardStream(
+            shards,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            collate_fn=self._collate(),
+            shuffle=self.shuffle and train,
+            shuffle_buffer=self.shuffle_buffer if train else 0,
+            seed=self.seed,
+            resampled=self.resampled and train,
+            epoch_length=self.epoch_length if self.resampled and train else None,
+            even_out=self.even_out if train else "pad",
+            on_error=self.on_error,
+            load_visuals=visuals,
+            load_references=references,
+            rank=rank,
+            world_size=world,
+            name=name,
+        )
+        # Lightning warns about any IterableDataset with __len__ because workers *might* duplicate data.
+        # ShardStream splits work across workers itself and its length is exact, so the warning is noise.
+        # (Set here rather than at import so it also holds inside warning-catching contexts such as pytest's.)
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+        kwargs: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        if self.num_workers > 0:
+            kwargs["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                kwargs["prefetch_factor"] = self.prefetch_factor
+        loader = StreamLoader(stream, epoch_fn=self._train_epoch if train else _zero, name=name, **kwargs)
+        self._loaders[name] = loader
+        return loader
+
+    def train_dataloader(self) -> StreamLoader:
+        if self.train is None:
+            raise ValueError("ShardDataModule: no train source given")
+        return self._loader("train", "train", self.train)
+
+    def _eval_loaders(self, stage: str) -> list[StreamLoader]:
+        specs = self._specs(stage)
+        self.set_names[stage] = list(specs)
+        return [self._loader(stage, name, spec) for name, spec in specs.items()]
+
+    def val_dataloader(self) -> list[StreamLoader]:
+        """One loader per validation set."""
+        return self._eval_loaders("validate")
+
+    def test_dataloader(self) -> list[StreamLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[StreamLoader]:
+        return self._eval_loaders("predict")
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def set_name(self, stage: Stage, dataloader_idx: int = 0) -> str:
+        """The name of eval set ``dataloader_idx`` of a stage, e.g. for ``self.log(f"{name}/acc", ...)``."""
+        return self.set_names.get(stage, [stage])[dataloader_idx]
+
+    @property
+    def reports(self) -> dict[str, dict[str, Any] | None]:
+        """This rank's last completed-epoch report per stream name (skipped/padded/dropped counts).
+
+        Stream names are ``train``, ``val``, ``test``, ``predict``, or the keys of a dict of eval sets
+        (when two stages use the same key, the most recent loader's report is kept)."""
+        return {name: loader.last_report for name, loader in self._loaders.items()}
+
+    def loader(self, name: str) -> StreamLoader:
+        """The most recent loader made for a stream name (``"train"``, ``"val"``, ``"test-ood"``, ...)."""
+        return self._loaders[name]
+
+
+def _zero() -> int:
+    return 0

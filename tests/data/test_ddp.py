@@ -1,0 +1,85 @@
+"""Two real DDP processes (gloo on CPU), 2 workers each, on an uneven data set (7 + 5 + 9 samples).
+
+Unequal batch counts across ranks deadlock DDP, and a deadlocked Lightning run ignores SIGTERM
+(ENV.md), so the run happens in its own process group and is SIGKILLed on a hard timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+try:  # tests/ is a package here; the fallback keeps the file runnable if it stops being one
+    from .streamkit import write_dataset
+except ImportError:
+    from streamkit import write_dataset  # type: ignore[no-redef]
+
+SCRIPT = Path(__file__).with_name("streamkit.py")
+TIMEOUT_S = 90
+
+
+def run_ddp(data: Path, out: Path, even_out: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOCAL_RANK", None)  # never inherit a rank: Lightning's launcher sets it for rank 1
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "ddp", str(data), str(out), even_out],
+        cwd=out,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: rank 1 and the workers die with it
+    )
+    try:
+        stdout, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        pytest.fail(f"DDP run did not finish in {TIMEOUT_S} s (deadlock?); output:\n{stdout[-4000:]}")
+    finally:
+        # Whatever happened, leave no rank or worker behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout)
+
+
+@pytest.mark.timeout(TIMEOUT_S + 30)
+@pytest.mark.parametrize("even_out", ["pad", "drop"])
+def test_ddp_ranks_get_equal_batches_and_all_samples(tmp_path, even_out):
+    keys = write_dataset(tmp_path / "data", [7, 5, 9])
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_ddp(tmp_path / "data", out, even_out)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+    per_rank = 11 if even_out == "pad" else 10  # ceil or floor of 21 / 2
+    orders = []
+    for epoch in range(2):
+        ranks = [json.loads((out / f"epoch{epoch}-rank{r}.json").read_text()) for r in range(2)]
+        counts = [len(r["batches"]) for r in ranks]
+        assert counts[0] == counts[1] == ranks[0]["len"] == -(-per_rank // 2)  # batch size 2
+        seen = Counter(key for r in ranks for batch in r["batches"] for key, _ in batch)
+        padded = [sum(pad for batch in r["batches"] for _, pad in batch) for r in ranks]
+        if even_out == "pad":
+            assert set(seen) == set(keys)  # union over ranks = every sample
+            assert sum(seen.values()) - len(keys) == sum(padded) == 1  # 2 * 11 - 21 repeats, all marked
+        else:
+            assert set(seen.values()) == {1} and len(set(keys) - set(seen)) == 1 and sum(padded) == 0
+        assert all(p <= 2 for p in padded)  # at most one batch (of 2) per rank
+        for r, rank in enumerate(ranks):  # each rank's own report agrees with what it trained on
+            report = rank["report"]
+            assert report["rank"] == r and report["batches"] == counts[r] and report["samples"] == per_rank
+            assert report["padded"] == padded[r]
+            assert (report["padded_all_ranks"], report["dropped_all_ranks"]) == (
+                (1, 0) if even_out == "pad" else (0, 1)
+            )
+        orders.append([key for r in ranks for batch in r["batches"] for key, _ in batch])
+    assert orders[0] != orders[1]
