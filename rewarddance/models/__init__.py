@@ -1,0 +1,64 @@
+"""VLM backbones for generative reward models (no Lightning here).
+
+Typical use::
+
+    from rewarddance.models import load_backbone, prepare_for_training, LoraSettings
+
+    backbone = load_backbone("tiny-qwen2-vl")            # or "internvl", size="8B", or a folder
+    batch = backbone.encode(["<image> Does the image match 'a red circle'? Answer yes or no."], [[image]])
+    reward = backbone.reward(batch)                       # P("yes") at the answer position
+    backbone.model = prepare_for_training(backbone.model, LoraSettings(r=8), gradient_checkpointing=True)
+
+Importing this package registers the image-only processors with ``AutoProcessor``, which
+folders saved by rewarddance need to load back as processors.
+"""
+
+from rewarddance.models.backbones import (
+    BACKBONES,
+    TINY_PRESETS,
+    Backbone,
+    BackboneSpec,
+    TinySize,
+    load_backbone,
+    register_backbone,
+)
+from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, encode, prompt_to_messages, sample_frames
+from rewarddance.models.peft_utils import (
+    LANGUAGE_MODEL_LORA_REGEX,
+    LoraSettings,
+    freeze_parameters,
+    lora_module_names,
+    prepare_for_training,
+    trainable_parameter_count,
+)
+from rewarddance.models.processors import IMAGE_ONLY_PROCESSORS, ensure_processor
+from rewarddance.models.scoring import last_token_logits, yes_no_log_probs, yes_probability
+from rewarddance.models.tokenizer import single_token_id, train_tiny_tokenizer
+
+__all__ = [
+    "BACKBONES",
+    "IMAGE_ONLY_PROCESSORS",
+    "IMAGE_PLACEHOLDER",
+    "LANGUAGE_MODEL_LORA_REGEX",
+    "TINY_PRESETS",
+    "VIDEO_PLACEHOLDER",
+    "Backbone",
+    "BackboneSpec",
+    "LoraSettings",
+    "TinySize",
+    "encode",
+    "ensure_processor",
+    "freeze_parameters",
+    "last_token_logits",
+    "load_backbone",
+    "lora_module_names",
+    "prepare_for_training",
+    "prompt_to_messages",
+    "register_backbone",
+    "sample_frames",
+    "single_token_id",
+    "train_tiny_tokenizer",
+    "trainable_parameter_count",
+    "yes_no_log_probs",
+    "yes_probability",
+]

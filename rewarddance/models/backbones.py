@@ -1,0 +1,783 @@
+"""The VLM backbone registry: a dict of families and two functions.
+
+Every family is one :class:`BackboneSpec` in :data:`BACKBONES`, registered with
+:func:`register_backbone`; :func:`load_backbone` turns a name into a :class:`Backbone`
+(model + processor + the ids of "yes" and "no"). Names resolve as follows:
+
+- ``"qwen2.5-vl"`` (optionally ``size="7B"``): the family's hub checkpoint of that size;
+- ``"Qwen/Qwen2.5-VL-3B-Instruct"``: that hub checkpoint, its family read from its config;
+- ``"/path/saved/by/save_pretrained"``: that folder, by the very same code path as a hub id;
+- ``"tiny-qwen2.5-vl"`` (optionally ``size="small"``, ``hidden_size=...``): a tiny random model
+  of the same architecture, built offline from a config, with a project-trained tokenizer.
+
+Hub checkpoints and folders go through ``AutoConfig`` / ``AutoModelForImageTextToText`` /
+``<family image-only processor>.from_pretrained``: a folder path and a hub id differ only in the
+string. The processor is loaded with the family's image-only class (``processors.py``) rather
+than the upstream one, so that a checkpoint behaves the same with or without torchvision;
+videos go through the image path as frames anyway.
+
+The tiny variants exist for tests, tutorials and CPU experiments (ENV.md: no hub access here).
+Two presets, ``"tiny"`` (~1M parameters) and ``"small"`` (~5M), give the model-scaling studies
+two points; any :class:`TinySize` field can be overridden by keyword.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    BatchFeature,
+    InternVLConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2VLConfig,
+    Qwen3VLConfig,
+)
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from rewarddance.models.inputs import Message, Visual, encode
+from rewarddance.models.processors import (
+    InternVLImageOnlyProcessor,
+    Qwen2_5_VLImageOnlyProcessor,
+    Qwen2VLImageOnlyProcessor,
+    Qwen3VLImageOnlyProcessor,
+    ensure_processor,
+)
+from rewarddance.models.scoring import Normalization, last_token_logits, yes_no_log_probs
+from rewarddance.models.tokenizer import single_token_id, train_tiny_tokenizer
+
+TINY_PREFIX = "tiny-"
+"""Prefix that selects a family's tiny offline variant, e.g. ``"tiny-internvl"``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny sizes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Shape of a tiny offline backbone. Image tokens per image = (image_size / patch_size / 2)^2.
+
+    Attributes:
+        hidden_size: Language-model width.
+        num_layers: Language-model layers.
+        num_heads: Attention heads (head_dim = hidden_size / num_heads; Qwen's M-RoPE needs it even).
+        num_kv_heads: Key/value heads (grouped-query attention).
+        intermediate_size: Language-model MLP width.
+        vision_hidden_size: Vision-tower width.
+        vision_depth: Vision-tower layers.
+        vision_heads: Vision attention heads.
+        vision_intermediate_size: Vision MLP width.
+        image_size: Side of the square the image processor resizes to (pixels).
+        patch_size: Vision patch side; tokens are 2x2 patches merged (Qwen spatial merge,
+            InternVL pixel shuffle), so 64 px with patch 8 gives 16 image tokens.
+        max_position_embeddings: Longest sequence.
+    """
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    vision_hidden_size: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 2
+    vision_intermediate_size: int = 128
+    image_size: int = 64
+    patch_size: int = 8
+    max_position_embeddings: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(f"hidden_size/num_heads/num_kv_heads must divide evenly: {self}")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings: {self}")
+        if self.vision_hidden_size % self.vision_heads:
+            raise ValueError(f"vision_hidden_size must be divisible by vision_heads: {self}")
+        if self.image_size % (2 * self.patch_size):
+            raise ValueError(f"image_size must be a multiple of 2 * patch_size (2x2 token merge): {self}")
+
+    @property
+    def head_dim(self) -> int:
+        """Language-model attention head width."""
+        return self.hidden_size // self.num_heads
+
+    @property
+    def image_tokens(self) -> int:
+        """Image tokens per (square, ``image_size``) image."""
+        return (self.image_size // self.patch_size // 2) ** 2
+
+
+TINY_PRESETS: dict[str, TinySize] = {
+    "tiny": TinySize(),
+    "small": TinySize(
+        hidden_size=256,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=768,
+        vision_hidden_size=128,
+        vision_depth=4,
+        vision_heads=4,
+        vision_intermediate_size=512,
+    ),
+}
+"""Named tiny sizes; ``size=`` picks one, keyword overrides adjust single fields."""
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (time, height, width) like Qwen's [16, 24, 24]."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny tokenizers and chat templates (hub checkpoints bring their own)
+# --------------------------------------------------------------------------------------------
+
+_QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+"""ChatML as in Qwen2/2.5/3-VL, without the default system prompt (shorter sequences)."""
+
+_INTERNVL_CHAT_TEMPLATE = _QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\\n")
+"""ChatML as in the transformers-native InternVL3 checkpoints (one ``<IMG_CONTEXT>`` per image)."""
+
+_QWEN_TOKENS = {
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_start_token": "<|vision_start|>",
+    "vision_end_token": "<|vision_end|>",
+    "im_start_token": "<|im_start|>",
+}
+_INTERNVL_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+    "im_start_token": "<|im_start|>",
+}
+_CHATML_SPECIAL = {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"}
+
+
+def _text_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    return {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None}
+
+
+def _from_config(config: Any, attn_implementation: str | None) -> PreTrainedModel:
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForImageTextToText.from_config(config, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny builders: TinySize -> (model, processor), offline
+# --------------------------------------------------------------------------------------------
+
+
+def _qwen_tokenizer_and_image_processor(size: TinySize) -> tuple[PreTrainedTokenizerBase, Qwen2VLImageProcessorPil]:
+    tokenizer = train_tiny_tokenizer(
+        special_tokens=_CHATML_SPECIAL, extra_special_tokens=_QWEN_TOKENS, chat_template=_QWEN_CHAT_TEMPLATE
+    )
+    pixels = size.image_size * size.image_size
+    # min = max pixels: every image is resized to ~image_size^2 pixels (aspect kept, sides rounded
+    # to 2*patch), so a square image always yields size.image_tokens tokens.
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=size.patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+    )
+    return tokenizer, image_processor
+
+
+def _qwen_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    return {
+        "image_token_id": tokenizer.image_token_id,
+        "video_token_id": tokenizer.video_token_id,
+        "vision_start_token_id": tokenizer.vision_start_token_id,
+        "vision_end_token_id": tokenizer.vision_end_token_id,
+    }
+
+
+def _qwen_text_config(size: TinySize, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": size.hidden_size,
+        "intermediate_size": size.intermediate_size,
+        "num_hidden_layers": size.num_layers,
+        "num_attention_heads": size.num_heads,
+        "num_key_value_heads": size.num_kv_heads,
+        "max_position_embeddings": size.max_position_embeddings,
+        # M-RoPE: the (t, h, w) sections must sum to head_dim / 2 or the forward fails.
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": _mrope_section(size.head_dim),
+        },
+        **_text_ids(tokenizer),
+    }
+
+
+def build_tiny_qwen2_vl(
+    size: TinySize, attn_implementation: str | None = None
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Tiny Qwen2-VL: ViT with 2D RoPE, 2x2 patch merger, M-RoPE language model."""
+    tokenizer, image_processor = _qwen_tokenizer_and_image_processor(size)
+    config = Qwen2VLConfig(
+        text_config=_qwen_text_config(size, tokenizer),
+        vision_config={
+            "depth": size.vision_depth,
+            "embed_dim": size.vision_hidden_size,
+            "hidden_size": size.hidden_size,  # merger output = LM width
+            # Qwen2-VL sizes its vision MLP by an integer ratio, not a width.
+            "mlp_ratio": max(1, size.vision_intermediate_size // size.vision_hidden_size),
+            "num_heads": size.vision_heads,
+            "patch_size": size.patch_size,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        tie_word_embeddings=True,
+        **_qwen_ids(tokenizer),
+    )
+    processor = Qwen2VLImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
+    )
+    return _from_config(config, attn_implementation), processor
+
+
+def build_tiny_qwen2_5_vl(
+    size: TinySize, attn_implementation: str | None = None
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Tiny Qwen2.5-VL: SwiGLU/RMSNorm ViT with window attention, M-RoPE language model."""
+    tokenizer, image_processor = _qwen_tokenizer_and_image_processor(size)
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text_config(size, tokenizer),
+        vision_config={
+            "depth": size.vision_depth,
+            "hidden_size": size.vision_hidden_size,
+            "intermediate_size": size.vision_intermediate_size,
+            "out_hidden_size": size.hidden_size,
+            "num_heads": size.vision_heads,
+            "patch_size": size.patch_size,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            # One window covers the whole image at this size; the last block is full attention as upstream.
+            "window_size": size.image_size,
+            "fullatt_block_indexes": [size.vision_depth - 1],
+        },
+        tie_word_embeddings=True,
+        **_qwen_ids(tokenizer),
+    )
+    processor = Qwen2_5_VLImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
+    )
+    return _from_config(config, attn_implementation), processor
+
+
+def build_tiny_qwen3_vl(
+    size: TinySize, attn_implementation: str | None = None
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Tiny Qwen3-VL: ViT with learned + rotary positions, DeepStack features, interleaved M-RoPE."""
+    tokenizer, image_processor = _qwen_tokenizer_and_image_processor(size)
+    image_processor.image_mean = [0.5, 0.5, 0.5]  # Qwen3-VL normalises to [-1, 1]
+    image_processor.image_std = [0.5, 0.5, 0.5]
+    text_config = _qwen_text_config(size, tokenizer)
+    text_config["head_dim"] = size.head_dim
+    text_config["rope_parameters"]["mrope_interleaved"] = True
+    # DeepStack injects features of a few vision layers into the first LM layers: at most 3 and at
+    # most as many as either stack has.
+    k = min(3, size.vision_depth, size.num_layers)
+    deepstack = sorted({size.vision_depth * (i + 1) // (k + 1) for i in range(k)})
+    grid = size.image_size // size.patch_size
+    config = Qwen3VLConfig(
+        text_config=text_config,
+        vision_config={
+            "depth": size.vision_depth,
+            "hidden_size": size.vision_hidden_size,
+            "intermediate_size": size.vision_intermediate_size,
+            "out_hidden_size": size.hidden_size,
+            "num_heads": size.vision_heads,
+            "patch_size": size.patch_size,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            # Learned position table for the native grid (interpolated for other sizes).
+            "num_position_embeddings": grid * grid,
+            "deepstack_visual_indexes": deepstack,
+        },
+        tie_word_embeddings=True,
+        **_qwen_ids(tokenizer),
+    )
+    processor = Qwen3VLImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
+    )
+    return _from_config(config, attn_implementation), processor
+
+
+def build_tiny_internvl(
+    size: TinySize, attn_implementation: str | None = None
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Tiny InternVL (transformers-native, as InternVL3-*-hf): InternViT, pixel shuffle, MLP projector, Qwen2 LM."""
+    tokenizer = train_tiny_tokenizer(
+        special_tokens=_CHATML_SPECIAL, extra_special_tokens=_INTERNVL_TOKENS, chat_template=_INTERNVL_CHAT_TEMPLATE
+    )
+    config = InternVLConfig(
+        vision_config={
+            "hidden_size": size.vision_hidden_size,
+            "num_hidden_layers": size.vision_depth,
+            "num_attention_heads": size.vision_heads,
+            "intermediate_size": size.vision_intermediate_size,
+            "image_size": [size.image_size, size.image_size],
+            "patch_size": [size.patch_size, size.patch_size],
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": len(tokenizer),
+            "hidden_size": size.hidden_size,
+            "intermediate_size": size.intermediate_size,
+            "num_hidden_layers": size.num_layers,
+            "num_attention_heads": size.num_heads,
+            "num_key_value_heads": size.num_kv_heads,
+            "max_position_embeddings": size.max_position_embeddings,
+            **_text_ids(tokenizer),
+        },
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=size.image_tokens,
+        downsample_ratio=0.5,  # pixel shuffle: 2x2 patches -> one token
+        tie_word_embeddings=True,
+    )
+    # One 64 px tile per image: InternVL's dynamic tiling (crop_to_patches) would multiply tokens.
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": size.image_size, "width": size.image_size}, crop_to_patches=False
+    )
+    processor = InternVLImageOnlyProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_length=size.image_tokens,
+        crop_to_patches=False,
+        chat_template=tokenizer.chat_template,
+    )
+    return _from_config(config, attn_implementation), processor
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+TinyBuilder = Callable[[TinySize, str | None], tuple[PreTrainedModel, ProcessorMixin]]
+"""Signature of ``BackboneSpec.build_tiny``: (size, attn_implementation) -> (model, processor)."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One VLM family.
+
+    Attributes:
+        name: Registry key, e.g. ``"qwen2.5-vl"``; ``"tiny-" + name`` selects the tiny variant.
+        model_type: transformers ``config.model_type``; identifies the family of a hub id or folder.
+        processor_class: Image-only processor class used to load this family's processors.
+        build_tiny: Builds a random tiny model and its processor from a :class:`TinySize`, offline.
+        hub_ids: Hub checkpoints by size label (documented, downloaded only when asked for).
+        default_size: Size label used when none is given.
+        vision_patterns: Regexes on parameter names of the vision encoder.
+        projector_patterns: Regexes on parameter names of the vision-to-language projector.
+    """
+
+    name: str
+    model_type: str
+    processor_class: type[ProcessorMixin]
+    build_tiny: TinyBuilder
+    hub_ids: Mapping[str, str]
+    default_size: str
+    vision_patterns: tuple[str, ...]
+    projector_patterns: tuple[str, ...]
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+"""All registered families by name."""
+
+
+def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
+    """Add a family to :data:`BACKBONES`.
+
+    Args:
+        spec: The family.
+        overwrite: Replace an existing entry of the same name instead of raising.
+
+    Returns:
+        ``spec`` (so it can be used as a one-liner at module level).
+
+    Raises:
+        ValueError: If the name is taken (and ``overwrite`` is False), or starts with ``"tiny-"``.
+    """
+    if spec.name.startswith(TINY_PREFIX):
+        raise ValueError(f"Family names must not start with {TINY_PREFIX!r} (reserved for tiny variants): {spec.name}")
+    if spec.name in BACKBONES and not overwrite:
+        raise ValueError(f"Backbone {spec.name!r} is already registered.")
+    if spec.default_size not in spec.hub_ids:
+        raise ValueError(f"default_size {spec.default_size!r} is not among hub_ids {sorted(spec.hub_ids)}")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+_QWEN_VISION = (r"(^|\.)visual\.(?!merger|deepstack_merger)",)
+_QWEN_PROJECTOR = (r"(^|\.)visual\.(merger|deepstack_merger_list)\.",)
+
+register_backbone(
+    BackboneSpec(
+        name="qwen2-vl",
+        model_type="qwen2_vl",
+        processor_class=Qwen2VLImageOnlyProcessor,
+        build_tiny=build_tiny_qwen2_vl,
+        hub_ids={
+            "2B": "Qwen/Qwen2-VL-2B-Instruct",
+            "7B": "Qwen/Qwen2-VL-7B-Instruct",
+            "72B": "Qwen/Qwen2-VL-72B-Instruct",
+        },
+        default_size="2B",
+        vision_patterns=_QWEN_VISION,
+        projector_patterns=_QWEN_PROJECTOR,
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="qwen2.5-vl",
+        model_type="qwen2_5_vl",
+        processor_class=Qwen2_5_VLImageOnlyProcessor,
+        build_tiny=build_tiny_qwen2_5_vl,
+        hub_ids={
+            "3B": "Qwen/Qwen2.5-VL-3B-Instruct",
+            "7B": "Qwen/Qwen2.5-VL-7B-Instruct",
+            "32B": "Qwen/Qwen2.5-VL-32B-Instruct",
+            "72B": "Qwen/Qwen2.5-VL-72B-Instruct",
+        },
+        default_size="3B",
+        vision_patterns=_QWEN_VISION,
+        projector_patterns=_QWEN_PROJECTOR,
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="qwen3-vl",
+        model_type="qwen3_vl",
+        processor_class=Qwen3VLImageOnlyProcessor,
+        build_tiny=build_tiny_qwen3_vl,
+        hub_ids={
+            "2B": "Qwen/Qwen3-VL-2B-Instruct",
+            "4B": "Qwen/Qwen3-VL-4B-Instruct",
+            "8B": "Qwen/Qwen3-VL-8B-Instruct",
+            "32B": "Qwen/Qwen3-VL-32B-Instruct",
+        },
+        default_size="2B",
+        vision_patterns=_QWEN_VISION,
+        projector_patterns=_QWEN_PROJECTOR,
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="internvl",
+        model_type="internvl",
+        processor_class=InternVLImageOnlyProcessor,
+        build_tiny=build_tiny_internvl,
+        # The paper scales InternVL 1B..26B (InternVL2.5 sizes, which exist only as remote code);
+        # these are the transformers-native checkpoints (InternVL3 "-hf", InternVL3.5 "-HF").
+        hub_ids={
+            "1B": "OpenGVLab/InternVL3-1B-hf",
+            "2B": "OpenGVLab/InternVL3-2B-hf",
+            "8B": "OpenGVLab/InternVL3-8B-hf",
+            "14B": "OpenGVLab/InternVL3-14B-hf",
+            "38B": "OpenGVLab/InternVL3-38B-hf",
+            "78B": "OpenGVLab/InternVL3-78B-hf",
+            "3.5-1B": "OpenGVLab/InternVL3_5-1B-HF",
+            "3.5-2B": "OpenGVLab/InternVL3_5-2B-HF",
+            "3.5-4B": "OpenGVLab/InternVL3_5-4B-HF",
+            "3.5-8B": "OpenGVLab/InternVL3_5-8B-HF",
+            "3.5-14B": "OpenGVLab/InternVL3_5-14B-HF",
+            "3.5-38B": "OpenGVLab/InternVL3_5-38B-HF",
+        },
+        default_size="1B",
+        vision_patterns=(r"(^|\.)vision_tower\.",),
+        projector_patterns=(r"(^|\.)multi_modal_projector\.",),
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The loaded backbone
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Backbone:
+    """A loaded VLM with everything needed to score: model, processor, and the answer token ids.
+
+    Attributes:
+        model: The ``AutoModelForImageTextToText`` model (possibly wrapped by PEFT later).
+        processor: The family's multimodal processor (a ``ProcessorMixin``).
+        family: Registry name of the family, e.g. ``"internvl"``.
+        name_or_path: What was loaded (hub id, folder, or ``"tiny-..."`` name).
+        yes_token_id: Id of the single token "yes".
+        no_token_id: Id of the single token "no".
+        image_token: The token the processor repeats once per image feature.
+        image_token_id: Its id.
+        tiny_size: The :class:`TinySize` of a tiny backbone, else None.
+    """
+
+    model: PreTrainedModel
+    processor: ProcessorMixin
+    family: str
+    name_or_path: str
+    yes_token_id: int
+    no_token_id: int
+    image_token: str
+    image_token_id: int
+    tiny_size: TinySize | None = None
+
+    @property
+    def spec(self) -> BackboneSpec:
+        """The family's registry entry."""
+        return BACKBONES[self.family]
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The processor's tokenizer."""
+        return self.processor.tokenizer
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """Number of placeholder tokens an image of this size expands to (including InternVL's <img></img>).
+
+        Args:
+            width: Image width in pixels.
+            height: Image height in pixels.
+
+        Returns:
+            Token count per image.
+        """
+        data = self.processor._get_num_multimodal_tokens(image_sizes=[(height, width)])
+        return int(data["num_image_tokens"][0])
+
+    def encode(
+        self,
+        samples: Sequence[str | Sequence[Message]],
+        visuals: Sequence[Sequence[Visual]],
+        *,
+        answers: Sequence[str] | None = None,
+        max_length: int | None = None,
+    ) -> BatchFeature:
+        """Model inputs for a batch; see :func:`rewarddance.models.inputs.encode`."""
+        return encode(self.processor, samples, visuals, answers=answers, max_length=max_length)
+
+    def yes_no_log_probs(self, inputs: Mapping[str, Any], normalization: Normalization = "yes_no") -> torch.Tensor:
+        """``[batch, 2]`` log P(yes), log P(no) at the last position (see ``rewarddance.models.scoring``)."""
+        logits = last_token_logits(self.model, inputs)
+        return yes_no_log_probs(logits, self.yes_token_id, self.no_token_id, normalization)
+
+    def reward(self, inputs: Mapping[str, Any], normalization: Normalization = "yes_no") -> torch.Tensor:
+        """``[batch]`` reward P(yes) at the last position."""
+        return self.yes_no_log_probs(inputs, normalization)[:, 0].exp()
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save model and processor to one folder that :func:`load_backbone` reads back.
+
+        A PEFT-wrapped model saves its adapter only; merge it first
+        (``model.merge_and_unload()``) to save a standalone checkpoint.
+        """
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _spec_for_model_type(model_type: str, name_or_path: str) -> BackboneSpec:
+    for spec in BACKBONES.values():
+        if spec.model_type == model_type:
+            return spec
+    known = {s.model_type: s.name for s in BACKBONES.values()}
+    raise ValueError(
+        f"{name_or_path!r} is a {model_type!r} model; registered families are {known}. "
+        "Add one with rewarddance.models.register_backbone."
+    )
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, dtype, None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float32' or 'auto'.")
+    return resolved
+
+
+def _answer_ids(processor: ProcessorMixin, yes_word: str, no_word: str, source: str) -> tuple[int, int]:
+    tokenizer = processor.tokenizer
+    # Asserted at load rather than at first use: a multi-token "yes" would make the reward the
+    # probability of a word piece, silently.
+    return single_token_id(tokenizer, yes_word, source), single_token_id(tokenizer, no_word, source)
+
+
+def _image_token(processor: ProcessorMixin) -> tuple[str, int]:
+    token = processor.image_token
+    token_id = getattr(processor, "image_token_id", None)
+    if token_id is None:
+        token_id = processor.tokenizer.convert_tokens_to_ids(token)
+    return token, int(token_id)
+
+
+def _tiny_size(preset: str | None, overrides: Mapping[str, Any]) -> TinySize:
+    preset = preset or "tiny"
+    if preset not in TINY_PRESETS:
+        raise ValueError(f"Unknown tiny size {preset!r}; choose from {sorted(TINY_PRESETS)}.")
+    fields = [f.name for f in dataclasses.fields(TinySize)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown tiny size fields {unknown}; TinySize has {fields}.")
+    return dataclasses.replace(TINY_PRESETS[preset], **overrides)
+
+
+def _load_pretrained(
+    name: str,
+    *,
+    dtype: str | torch.dtype | None,
+    attn_implementation: str | None,
+    trust_remote_code: bool,
+    revision: str | None,
+    device_map: str | dict[str, Any] | None,
+    processor_kwargs: Mapping[str, Any],
+) -> tuple[BackboneSpec, PreTrainedModel, Any]:
+    """Hub id or folder: the same calls either way; the family comes from ``config.model_type``."""
+    hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision is not None:
+        hub_kwargs["revision"] = revision
+    config = AutoConfig.from_pretrained(name, **hub_kwargs)
+    spec = _spec_for_model_type(config.model_type, name)
+    model_kwargs: dict[str, Any] = dict(hub_kwargs, config=config)
+    if dtype is not None:
+        model_kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        model_kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        model_kwargs["device_map"] = device_map
+    model = AutoModelForImageTextToText.from_pretrained(name, **model_kwargs)
+    model.eval()
+    processor = spec.processor_class.from_pretrained(name, **hub_kwargs, **processor_kwargs)
+    return spec, model, processor
+
+
+def load_backbone(
+    name_or_path: str | os.PathLike,
+    *,
+    size: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    processor_kwargs: Mapping[str, Any] | None = None,
+    yes_word: str = "yes",
+    no_word: str = "no",
+    seed: int = 0,
+    **tiny_overrides: Any,
+) -> Backbone:
+    """Load a VLM backbone by family name, hub id, folder, or tiny name.
+
+    Args:
+        name_or_path: A family name (``"internvl"``), a tiny name (``"tiny-internvl"``), a hub id
+            (``"OpenGVLab/InternVL3-1B-hf"``) or a folder written by ``save_pretrained``.
+        size: For a family name, a key of its ``hub_ids`` (e.g. ``"8B"``); for a tiny name, a key of
+            :data:`TINY_PRESETS` (``"tiny"`` or ``"small"``).
+        dtype: Parameter dtype (``"bfloat16"``, ``torch.float32``, ``"auto"``); None keeps the default.
+        attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``...; None lets transformers choose.
+        trust_remote_code: Passed to ``from_pretrained``. Off by default: every registered family
+            is native to transformers.
+        revision: Hub revision (branch, tag or commit) for hub ids.
+        device_map: Passed to ``from_pretrained`` (e.g. ``"auto"``); tiny models stay on CPU.
+        processor_kwargs: Extra ``from_pretrained`` arguments of the processor, e.g.
+            ``{"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}`` for Qwen (bounds
+            the image tokens) or ``{"crop_to_patches": False}`` for InternVL (one tile per image).
+        yes_word: Answer word whose probability is the reward; must be a single token.
+        no_word: The negative answer word; must be a single token.
+        seed: Seed for the random initialisation of tiny models (the global RNG is left untouched).
+        **tiny_overrides: :class:`TinySize` fields for tiny names, e.g. ``hidden_size=64, num_layers=2``.
+
+    Returns:
+        The :class:`Backbone`.
+
+    Raises:
+        ValueError: Unknown family/size, tiny overrides on a non-tiny name, a multi-token yes/no word.
+        TypeError: If the processor loaded is not a ``ProcessorMixin``.
+    """
+    name = os.fspath(name_or_path)
+    dtype = _resolve_dtype(dtype)
+    tiny_size: TinySize | None = None
+    if name.startswith(TINY_PREFIX) and name[len(TINY_PREFIX) :] in BACKBONES:
+        spec = BACKBONES[name[len(TINY_PREFIX) :]]
+        if processor_kwargs:
+            raise ValueError(
+                "processor_kwargs apply to pretrained processors; size tiny ones with image_size/patch_size."
+            )
+        tiny_size = _tiny_size(size, tiny_overrides)
+        # fork_rng: reproducible tiny weights without reseeding the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, processor = spec.build_tiny(tiny_size, attn_implementation)
+        if dtype not in (None, "auto"):
+            model = model.to(dtype)
+        model.eval()
+    else:
+        if tiny_overrides:
+            raise ValueError(f"{sorted(tiny_overrides)} only apply to tiny backbones ('{TINY_PREFIX}<family>').")
+        if name in BACKBONES:
+            label = size or BACKBONES[name].default_size
+            if label not in BACKBONES[name].hub_ids:
+                raise ValueError(f"{name!r} has no size {label!r}; choose from {sorted(BACKBONES[name].hub_ids)}.")
+            name = BACKBONES[name].hub_ids[label]
+        elif size is not None:
+            raise ValueError(f"size={size!r} only applies to family or tiny names, not {name!r}.")
+        spec, model, processor = _load_pretrained(
+            name,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            device_map=device_map,
+            processor_kwargs=processor_kwargs or {},
+        )
+
+    processor = ensure_processor(processor, name)
+    yes_id, no_id = _answer_ids(processor, yes_word, no_word, name)
+    image_token, image_token_id = _image_token(processor)
+    return Backbone(
+        model=model,
+        processor=processor,
+        family=spec.name,
+        name_or_path=name,
+        yes_token_id=yes_id,
+        no_token_id=no_id,
+        image_token=image_token,
+        image_token_id=image_token_id,
+        tiny_size=tiny_size,
+    )
