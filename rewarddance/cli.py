@@ -9,6 +9,7 @@ are documented from the functions' signatures and docstrings.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -99,10 +100,13 @@ def main(args: list[str] | None = None) -> RewardDanceCLI:
     Tests and notebooks call ``main(["fit", "--config", "configs/quickstart.yaml"])`` in-process;
     ``cli.result`` holds what a project command returned.
     """
-    return RewardDanceCLI(
-        args=args,
-        parser_kwargs={"prog": "python -m rewarddance", "description": __doc__.splitlines()[0]},
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-    )
+    with warnings.catch_warnings():
+        # Called in-process (tests, notebooks) the host's own argv is set too; args wins, as intended.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+        return RewardDanceCLI(
+            args=args,
+            parser_kwargs={"prog": "python -m rewarddance", "description": __doc__.splitlines()[0]},
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+        )

@@ -66,7 +66,7 @@ class ShardSummary:
             fields = {
                 k: v
                 for k, v in vars(ex).items()
-                if k not in ("first", "second", "image", "references") and v not in (None, [], {})
+                if k not in ("first", "second", "image", "references", "padding") and v not in (None, [], {})
             }
             lines += ["example sample:", f"  visuals: {visuals}"]
             lines += [f"  {k}: {v}" for k, v in fields.items()]
