@@ -7,6 +7,7 @@ without a counting pass over the data.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections import Counter
@@ -31,6 +32,8 @@ class SampleWriter:
         max_count: Samples per shard.
         image_ext: Encoding of image members (png is lossless; jpg/webp are smaller).
         info: Extra fields stored in the manifest (e.g. the command and seed that made it).
+        compress: Write gzip-compressed ``.tar.gz`` shards. Worth it for small images, where tar
+            headers and JSON are a large part of each sample (bundled data: ~3x smaller).
 
     Use as a context manager; counts by kind and label are available as :attr:`counts`.
     """
@@ -42,11 +45,13 @@ class SampleWriter:
         max_count: int = 1000,
         image_ext: str = "png",
         info: dict[str, Any] | None = None,
+        compress: bool = False,
     ) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.prefix, self.max_count, self.image_ext = prefix, max_count, image_ext
         self.info = info or {}
+        self.compress = compress
         self.counts: Counter[str] = Counter()
         self._shards: list[dict[str, Any]] = []
         self._tar: wds.TarWriter | None = None
@@ -54,14 +59,19 @@ class SampleWriter:
 
     def _open_next(self) -> None:
         self._close_current()
-        name = f"{self.prefix}-{len(self._shards):06d}.tar"
-        # A fixed mtime/owner keeps the tar bytes identical for identical samples (reproducible data).
-        self._tar = wds.TarWriter(str(self.out / name), mtime=0.0, user="rewarddance", group="rewarddance")
+        name = f"{self.prefix}-{len(self._shards):06d}.tar" + (".gz" if self.compress else "")
+        # A fixed mtime/owner keeps the bytes identical for identical samples (reproducible data);
+        # An integer mtime and GNU headers take one 512-byte block per member (a float mtime adds a
+        # two-block pax header to every member).
+        path = self.out / name
+        self._stream = gzip.GzipFile(path, "wb", mtime=0) if self.compress else open(path, "wb")  # noqa: SIM115
+        self._tar = wds.TarWriter(self._stream, mtime=0, user="rewarddance", group="rewarddance", format="GNU_FORMAT")
         self._shards.append({"path": name, "samples": 0})
 
     def _close_current(self) -> None:
         if self._tar is not None:
             self._tar.close()
+            self._stream.close()
             self._tar = None
 
     def write(self, sample: Sample) -> None:
