@@ -17,6 +17,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
 from rewarddance.commands import COMMANDS, CommandTree
+from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
 
 
 def _short_doc(fn: Callable[..., Any]) -> str:

@@ -101,7 +101,7 @@ def _encode_image(img: Image.Image, ext: str) -> bytes:
     buf = io.BytesIO()
     fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext]
     img = img.convert("RGB") if fmt == "JPEG" and img.mode != "RGB" else img
-    img.save(buf, format=fmt, **({"quality": 95} if fmt != "PNG" else {"compress_level": 1}))
+    img.save(buf, format=fmt, **({"quality": 95} if fmt != "PNG" else {"compress_level": 9}))
     return buf.getvalue()
 
 

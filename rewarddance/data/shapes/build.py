@@ -53,6 +53,7 @@ def build_split(
     fps: float = 4.0,
     shard_size: int = 1000,
     image_ext: ImageExt = "png",
+    compress: bool = False,
     verify: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -80,6 +81,7 @@ def build_split(
         fps: Frames per second stored with clips (video only).
         shard_size: Samples per shard.
         image_ext: Image encoding in the shards (png is lossless).
+        compress: Write gzip-compressed ``.tar.gz`` shards (about 3x smaller for noise-free renders).
         verify: Judge every candidate with the pixel oracle and redraw samples where it
             disagrees with the ground truth (the count is reported as ``oracle_rejected``).
         progress: Show a progress bar.
@@ -124,7 +126,8 @@ def build_split(
     counts: Counter[str] = Counter()
     stats: Counter[str] = Counter()
     tags = world.tags
-    with SampleWriter(out_dir, prefix="shard", max_count=shard_size, image_ext=image_ext, info=info) as writer:
+    writer = SampleWriter(out_dir, prefix="shard", max_count=shard_size, image_ext=image_ext, info=info, compress=compress)
+    with writer:
         for i in tqdm(range(samples), desc=f"shapes {split}", unit="sample", disable=not progress):
             kind = kinds[i % len(kinds)]
             tag = tags[(i // len(kinds)) % len(tags)]
