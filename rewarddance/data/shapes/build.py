@@ -126,7 +126,9 @@ def build_split(
     counts: Counter[str] = Counter()
     stats: Counter[str] = Counter()
     tags = world.tags
-    writer = SampleWriter(out_dir, prefix="shard", max_count=shard_size, image_ext=image_ext, info=info, compress=compress)
+    writer = SampleWriter(
+        out_dir, prefix="shard", max_count=shard_size, image_ext=image_ext, info=info, compress=compress
+    )
     with writer:
         for i in tqdm(range(samples), desc=f"shapes {split}", unit="sample", disable=not progress):
             kind = kinds[i % len(kinds)]
