@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 SCHEMA_VERSION = 1
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -253,8 +253,7 @@ def decode_sample(
         for t in sorted(members, key=lambda x: -1 if x is None else x):
             member, payload = members[t]
             try:
-                img = Image.open(io.BytesIO(payload))
-                img.load()
+                img = _open_image(payload, member.rsplit(".", 1)[-1])
             except Exception as err:  # PIL raises many types for corrupt data
                 fail(member, f"cannot decode image ({type(err).__name__}: {err})")
             clip.append(img.convert("RGB") if img.mode != "RGB" else img)
@@ -311,6 +310,20 @@ def decode_sample(
     else:
         validate_sample(sample)
     return sample
+
+
+_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def _open_image(payload: bytes, ext: str) -> Image.Image:
+    # Naming the format skips PIL's probing of every plugin (~20% of decode time on 64 px PNGs);
+    # a member whose bytes do not match its extension is still read, by probing.
+    try:
+        img = Image.open(io.BytesIO(payload), formats=[_PIL_FORMATS[ext]])
+    except UnidentifiedImageError:
+        img = Image.open(io.BytesIO(payload))
+    img.load()
+    return img
 
 
 def _validate_without_visuals(sample: Sample, frames: dict[str, Any]) -> None:
