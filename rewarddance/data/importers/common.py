@@ -179,16 +179,19 @@ class ImportReport:
         }
 
     def summary(self) -> str:
-        """One human-readable block: read, written, skipped per reason, labels."""
-        lines = [f"{self.format}: read {self.read}, wrote {self.written} samples to {self.out}"]
+        """Labels and skipped rows per reason, then a one-line summary of what was written."""
+        lines = []
         labels = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items()))
         if labels:
-            lines.append(f"  labels: {labels}")
+            lines.append(f"labels: {labels}")
         if self.skipped:
-            lines.append(f"  skipped {self.num_skipped}:")
+            lines.append(f"skipped {self.num_skipped}:")
             for reason, count in sorted(self.skipped.items()):
                 example = self.examples.get(reason)
-                lines.append(f"    {reason}: {count}" + (f" (first: {example})" if example else ""))
+                lines.append(f"  {reason}: {count}" + (f" (first: {example})" if example else ""))
+        lines.append(
+            f"{self.format}: read {self.read} rows, wrote {self.written} samples, skipped {self.num_skipped}, to {self.out}"
+        )
         return "\n".join(lines)
 
 
