@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import webdataset as wds
+from tqdm import tqdm
 
 from rewarddance.data.schema import Sample, decode_sample
 from rewarddance.data.writer import MANIFEST
@@ -73,12 +74,13 @@ class ShardSummary:
         return "\n".join(lines)
 
 
-def summarize(source: str | os.PathLike) -> ShardSummary:
+def summarize(source: str | os.PathLike, progress: bool = True) -> ShardSummary:
     """Count kinds, labels, ties, categories and sources over all samples of ``source``."""
     shards = shard_paths(source)
     summary = ShardSummary(shards=shards)
     # Raw bytes only: nothing is decoded by webdataset, samples are parsed by decode_sample.
-    for raw in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+    raws = wds.WebDataset(shards, shardshuffle=False, empty_check=False)
+    for raw in tqdm(raws, desc="inspect", unit="sample", disable=not progress, leave=False):
         sample = decode_sample(raw, load_visuals=summary.example is None)
         if summary.example is None:
             summary.example = sample
