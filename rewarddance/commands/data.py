@@ -51,7 +51,7 @@ def inspect(source: str, /) -> object:
     """Print counts, label balance, ties, categories and one decoded sample of a shard set.
 
     Args:
-        source: A shard folder (with or without manifest.json) or a glob of .tar files.
+        source: A shard folder (with or without manifest.json), a shard path or a brace pattern.
     """
     from rewarddance.data.inspect import summarize
 

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import webdataset as wds
 from tqdm import tqdm
 
 from rewarddance.data.schema import Sample, decode_sample
-from rewarddance.data.writer import MANIFEST
-
-
-def shard_paths(source: str | os.PathLike) -> list[str]:
-    """The tar shards of a folder (in manifest order when there is one), or of a glob pattern."""
-    path = Path(source)
-    if path.is_dir():
-        manifest = path / MANIFEST
-        if manifest.exists():
-            return [str(path / s["path"]) for s in json.loads(manifest.read_text())["shards"]]
-        return sorted(str(p) for p in path.glob("*.tar"))
-    matches = sorted(glob.glob(str(source)))
-    if not matches:
-        raise FileNotFoundError(f"no shards found at {str(source)!r} (expected a folder of .tar shards or a glob)")
-    return matches
+from rewarddance.data.stream import iter_tar_samples, resolve_shards
 
 
 @dataclass
@@ -76,10 +58,9 @@ class ShardSummary:
 
 def summarize(source: str | os.PathLike, progress: bool = True) -> ShardSummary:
     """Count kinds, labels, ties, categories and sources over all samples of ``source``."""
-    shards = shard_paths(source)
+    shards = [info.url for info in resolve_shards(source)]
     summary = ShardSummary(shards=shards)
-    # Raw bytes only: nothing is decoded by webdataset, samples are parsed by decode_sample.
-    raws = wds.WebDataset(shards, shardshuffle=False, empty_check=False)
+    raws = (raw for url in shards for raw in iter_tar_samples(url))
     for raw in tqdm(raws, desc="inspect", unit="sample", disable=not progress, leave=False):
         sample = decode_sample(raw, load_visuals=summary.example is None)
         if summary.example is None:
