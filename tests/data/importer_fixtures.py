@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,21 @@ def save_png(img: Image.Image, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG")
     return path
+
+
+def image_writer(images: dict[str, Image.Image], folder: Path, ref_prefix: str = "") -> Callable[[str, int], str]:
+    """``img(name, seed)`` for a fixture's records: saves a random image as ``folder/name``.
+
+    It also keeps the image in ``images`` under ``name``, for comparing pixels after the import,
+    and returns the path the dataset's records name it by: ``ref_prefix + name``.
+    """
+
+    def img(name: str, seed: int) -> str:
+        images[name] = make_image(seed)
+        save_png(images[name], folder / name)
+        return ref_prefix + name
+
+    return img
 
 
 @dataclass
@@ -126,40 +142,37 @@ def make_hpdv2(root: Path, *, path_key: str = "image_path") -> Fixture:
     test rows: 0 three images ranked [1, 2, 2] (pairs first, first, tie), 1 two images ranked [2, 1].
     """
     images: dict[str, Image.Image] = {}
-
-    def img(split: str, name: str, seed: int) -> str:
-        images[name] = make_image(seed)
-        save_png(images[name], root / "HPD" / split / name)
-        return name
+    train_img = image_writer(images, root / "HPD" / "train")
+    test_img = image_writer(images, root / "HPD" / "test")
 
     train = [
         {
             "prompt": "a castle",
             "human_preference": [1, 0],
-            path_key: [img("train", "t0a.png", 1), img("train", "t0b.png", 2)],
+            path_key: [train_img("t0a.png", 1), train_img("t0b.png", 2)],
         },
         {
             "prompt": "a river",
             "human_preference": [0, 1],
-            path_key: [img("train", "t1a.png", 3), img("train", "t1b.png", 4)],
+            path_key: [train_img("t1a.png", 3), train_img("t1b.png", 4)],
         },
-        {"prompt": "a bridge", "human_preference": [1, 0], path_key: [img("train", "t2a.png", 5), "missing.png"]},
+        {"prompt": "a bridge", "human_preference": [1, 0], path_key: [train_img("t2a.png", 5), "missing.png"]},
         {
             "prompt": "a tower",
             "human_preference": [1, 1],
-            path_key: [img("train", "t3a.png", 6), img("train", "t3b.png", 7)],
+            path_key: [train_img("t3a.png", 6), train_img("t3b.png", 7)],
         },
     ]
     test = [
         {
             "prompt": "a fox",
-            "image_path": [img("test", f"s0_{i}.png", 10 + i) for i in range(3)],
+            "image_path": [test_img(f"s0_{i}.png", 10 + i) for i in range(3)],
             "rank": [1, 2, 2],
             "raw_annotations": [{"rank": [1, 2, 2], "user_hash": "u1"}, {"rank": [1, 3, 2], "user_hash": "u2"}],
         },
         {
             "prompt": "an owl",
-            "image_path": [img("test", f"s1_{i}.png", 20 + i) for i in range(2)],
+            "image_path": [test_img(f"s1_{i}.png", 20 + i) for i in range(2)],
             "rank": [2, 1],
             "raw_annotations": [{"rank": [2, 1], "user_hash": "u3"}],
         },
@@ -195,11 +208,7 @@ def make_imagereward_test(root: Path) -> Fixture:
     row 2 ("p2"): 2 generations ranked [1, 1] (one tied pair).
     """
     images: dict[str, Image.Image] = {}
-
-    def img(name: str, seed: int) -> str:
-        images[name] = make_image(seed)
-        save_png(images[name], root / "images" / name)
-        return f"images/{name}"
+    img = image_writer(images, root / "images", "images/")
 
     records = [
         {
@@ -241,12 +250,11 @@ def make_imagerewarddb(root: Path) -> Fixture:
     prompt 17 ("art"): ranks [3, 1, 2]; prompt 18 ("people"): ranks [1, 1] (a tie).
     """
     images: dict[str, Image.Image] = {}
+    img = image_writer(images, root / "images" / "train", "images/train/")
 
     def rec(pid: int, name: str, rank: int, seed: int, cls: str, prompt: str) -> dict[str, Any]:
-        images[name] = make_image(seed)
-        save_png(images[name], root / "images" / "train" / name)
         return {
-            "image_path": f"images/train/{name}",
+            "image_path": img(name, seed),
             "prompt_id": pid,
             "prompt": prompt,
             "classification": cls,
@@ -470,11 +478,7 @@ def make_hpdv3(root: Path, *, n: int = 12) -> Fixture:
     path1 is always the preferred image. Train row 0 has choice_dist null, the others [k + 3, 1].
     """
     images: dict[str, Image.Image] = {}
-
-    def img(name: str, seed: int) -> str:
-        images[name] = make_image(seed)
-        save_png(images[name], root / "images" / name)
-        return f"images/{name}"
+    img = image_writer(images, root / "images", "images/")
 
     train = [
         {

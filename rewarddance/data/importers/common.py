@@ -23,7 +23,7 @@ import io
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -234,6 +234,32 @@ class Importer(ABC):
         if self.options.image_root is not None:
             return [Path(self.options.image_root)]
         return [path.parent]
+
+
+def numbered_records(
+    files: Iterable[Path],
+    rows: Callable[[Path], Iterable[dict[str, Any]]],
+    *,
+    id_column: str | None = None,
+) -> Iterator[Record]:
+    """The rows of each file in turn as records, numbered by one running index over all files.
+
+    Sample keys are built from that index, so it counts every row (skipped ones too): a row's
+    key then does not depend on which other rows were skipped.
+
+    Args:
+        files: The input files, in import order.
+        rows: The rows (dicts keyed by column) of one file.
+        id_column: Column holding the dataset's own row id, shown in errors as ``<column>=<value>``.
+    """
+    index = 0
+    for path in files:
+        for row, data in enumerate(rows(path)):
+            row_id = None
+            if id_column is not None and data.get(id_column) is not None:
+                row_id = f"{id_column}={data[id_column]}"
+            yield Record(path, row, index, data, row_id=row_id)
+            index += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,6 +499,66 @@ def rank_label(rank_i: Any, rank_j: Any, field: str) -> PairLabel:
 def tie_soft_label(label: PairLabel) -> float | None:
     """Soft label for datasets with hard labels only: 0.5 for a tie, else None (no vote share known)."""
     return 0.5 if label == "tie" else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Rankings: a record that ranks n candidates becomes every pair i < j
+
+
+def ranking_pairs(ranks: Sequence[Any], field: str) -> dict[tuple[int, int], PairLabel]:
+    """Every pair (i, j) with i < j, in order, labelled by :func:`rank_label` (lower rank is better)."""
+    n = len(ranks)
+    return {(i, j): rank_label(ranks[i], ranks[j], field) for i in range(n) for j in range(i + 1, n)}
+
+
+def ranked_paths_pair_meta(
+    base: dict[str, Any], paths: Sequence[Any], ranks: Sequence[Any], i: int, j: int
+) -> dict[str, Any]:
+    """``meta`` of pair (i, j) of a record ranking a list of image paths: its paths, ranks and indices."""
+    return {**base, "paths": [paths[i], paths[j]], "ranks": [ranks[i], ranks[j]], "pair": [i, j]}
+
+
+def ranking_pair_samples(
+    key_prefix: str,
+    index: int,
+    prompt: str,
+    images: Sequence[Image.Image],
+    labels: dict[tuple[int, int], PairLabel],
+    *,
+    source: str,
+    pair_meta: Callable[[int, int], dict[str, Any]],
+    category: str | None = None,
+) -> list[Sample]:
+    """One pair sample per ranked pair (i, j): image i first, image j second.
+
+    Rankings give hard labels only, so a tie gets soft label 0.5 and the others None. Keys end in
+    ``-i-j`` so that every pair of one record gets its own key.
+
+    Args:
+        key_prefix: Importer name, the start of every key.
+        index: The record's running index.
+        prompt: The prompt shared by all candidates.
+        images: The ranked candidates' images, decoded once and shared by their pairs.
+        labels: Pair -> label, from :func:`ranking_pairs`.
+        source: Dataset name stored in the samples.
+        pair_meta: ``meta`` of the sample for pair (i, j).
+        category: Category stored in the samples.
+    """
+    return [
+        Sample(
+            key=key_for(key_prefix, index, i, j),
+            kind="pair",
+            prompt=prompt,
+            first=[images[i]],
+            second=[images[j]],
+            label=label,
+            soft_label=tie_soft_label(label),
+            source=source,
+            category=category,
+            meta=pair_meta(i, j),
+        )
+        for (i, j), label in labels.items()
+    ]
 
 
 # ----------------------------------------------------------------------------------------------

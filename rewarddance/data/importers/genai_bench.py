@@ -35,6 +35,7 @@ from rewarddance.data.importers.common import (
     load_image_value,
     model_names,
     num_table_rows,
+    numbered_records,
     passthrough,
     require_columns,
     table_columns,
@@ -77,11 +78,7 @@ class GenAIBenchImporter(Importer):
         return sum(num_table_rows(p) or 0 for p in self.files)
 
     def records(self) -> Iterator[Record]:
-        index = 0
-        for path in self.files:
-            for row, data in enumerate(iter_table(path)):
-                yield Record(path, row, index, data)
-                index += 1
+        return numbered_records(self.files, iter_table)
 
     def convert(self, record: Record) -> list[Sample]:
         data = record.data

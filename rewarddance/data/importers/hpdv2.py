@@ -33,9 +33,11 @@ from rewarddance.data.importers.common import (
     key_for,
     load_image_file,
     load_json_records,
-    rank_label,
+    numbered_records,
+    ranked_paths_pair_meta,
+    ranking_pair_samples,
+    ranking_pairs,
     require_columns,
-    tie_soft_label,
 )
 from rewarddance.data.schema import Sample
 
@@ -81,11 +83,7 @@ class HPDv2Importer(Importer):
         return [here, here / split, here / "HPD" / split, here / "HPD"]
 
     def records(self) -> Iterator[Record]:
-        index = 0
-        for path in self.files:
-            for row, data in enumerate(self._records[path]):
-                yield Record(path, row, index, data)
-                index += 1
+        return numbered_records(self.files, lambda path: self._records[path])
 
     def convert(self, record: Record) -> list[Sample]:
         layout, path_key = self._layout[record.path]
@@ -123,21 +121,14 @@ class HPDv2Importer(Importer):
         ranks = get_list(data, "rank")
         if len(paths) != len(ranks) or len(paths) < 2:
             raise RowError(BAD_VALUE, "rank", f"{len(paths)} images but {len(ranks)} ranks (need >= 2 of each, equal)")
-        labels = {
-            (i, j): rank_label(ranks[i], ranks[j], "rank") for i in range(len(paths)) for j in range(i + 1, len(paths))
-        }
+        labels = ranking_pairs(ranks, "rank")
         images = [load_image_file(p, bases, f"image_path[{i}]") for i, p in enumerate(paths)]
-        return [
-            Sample(
-                key=key_for(self.name, record.index, i, j),
-                kind="pair",
-                prompt=prompt,
-                first=[images[i]],
-                second=[images[j]],
-                label=label,
-                soft_label=tie_soft_label(label),
-                source=self.source,
-                meta={**base_meta, "paths": [paths[i], paths[j]], "ranks": [ranks[i], ranks[j]], "pair": [i, j]},
-            )
-            for (i, j), label in labels.items()
-        ]
+        return ranking_pair_samples(
+            self.name,
+            record.index,
+            prompt,
+            images,
+            labels,
+            source=self.source,
+            pair_meta=lambda i, j: ranked_paths_pair_meta(base_meta, paths, ranks, i, j),
+        )

@@ -29,6 +29,7 @@ from rewarddance.data.importers.common import (
     load_image_file,
     load_json_records,
     model_names,
+    numbered_records,
     passthrough,
     require_columns,
     stable_bit,
@@ -68,11 +69,7 @@ class HPDv3Importer(Importer):
         return sum(len(r) for r in self._records.values())
 
     def records(self) -> Iterator[Record]:
-        index = 0
-        for path in self.files:
-            for row, data in enumerate(self._records[path]):
-                yield Record(path, row, index, data)
-                index += 1
+        return numbered_records(self.files, lambda path: self._records[path])
 
     def convert(self, record: Record) -> list[Sample]:
         data = record.data

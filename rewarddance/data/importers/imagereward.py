@@ -31,22 +31,18 @@ from rewarddance.data.importers.common import (
     get_field,
     get_list,
     get_prompt,
-    key_for,
     load_image_file,
     load_json_records,
     passthrough,
-    rank_label,
+    ranked_paths_pair_meta,
+    ranking_pair_samples,
+    ranking_pairs,
     require_columns,
-    tie_soft_label,
 )
-from rewarddance.data.schema import PairLabel, Sample
+from rewarddance.data.schema import Sample
 
 TEST_KEYS = ("prompt", "generations", "ranking")
 DB_KEYS = ("prompt_id", "prompt", "image_path", "rank")
-
-
-def _pairs(ranks: list[Any], field: str) -> dict[tuple[int, int], PairLabel]:
-    return {(i, j): rank_label(ranks[i], ranks[j], field) for i in range(len(ranks)) for j in range(i + 1, len(ranks))}
 
 
 class ImageRewardImporter(Importer):
@@ -114,23 +110,18 @@ class ImageRewardImporter(Importer):
         ranks = get_list(data, "ranking")
         if len(paths) != len(ranks) or len(paths) < 2:
             raise RowError(BAD_VALUE, "ranking", f"{len(paths)} generations but {len(ranks)} ranks (need >= 2, equal)")
-        labels = _pairs(ranks, "ranking")
+        labels = ranking_pairs(ranks, "ranking")
         images = [load_image_file(p, bases, f"generations[{i}]") for i, p in enumerate(paths)]
         meta = {"file": record.path.name, "row": record.row, **passthrough(data, ("prompt", "generations", "ranking"))}
-        return [
-            Sample(
-                key=key_for(self.name, record.index, i, j),
-                kind="pair",
-                prompt=prompt,
-                first=[images[i]],
-                second=[images[j]],
-                label=label,
-                soft_label=tie_soft_label(label),
-                source=self.source,
-                meta={**meta, "paths": [paths[i], paths[j]], "ranks": [ranks[i], ranks[j]], "pair": [i, j]},
-            )
-            for (i, j), label in labels.items()
-        ]
+        return ranking_pair_samples(
+            self.name,
+            record.index,
+            prompt,
+            images,
+            labels,
+            source=self.source,
+            pair_meta=lambda i, j: ranked_paths_pair_meta(meta, paths, ranks, i, j),
+        )
 
     def _convert_db(self, record: Record, bases: list[Path]) -> list[Sample]:
         if record.data["prompt_id"] is None:
@@ -140,25 +131,20 @@ class ImageRewardImporter(Importer):
             raise RowError(BAD_VALUE, "prompt_id", f"prompt_id {record.data['prompt_id']!r} has a single image")
         prompt = get_prompt(items[0])
         ranks = [get_field(d, "rank") for d in items]
-        labels = _pairs(ranks, "rank")
+        labels = ranking_pairs(ranks, "rank")
         images = [load_image_file(get_field(d, "image_path"), bases, "image_path") for d in items]
         category = items[0].get("classification")
         per_image = [
             {"row": row, **passthrough(d, ("prompt", "prompt_id", "classification"))} for row, d in record.data["items"]
         ]
         meta = {"file": record.path.name, "prompt_id": record.data["prompt_id"]}
-        return [
-            Sample(
-                key=key_for(self.name, record.index, i, j),
-                kind="pair",
-                prompt=prompt,
-                first=[images[i]],
-                second=[images[j]],
-                label=label,
-                soft_label=tie_soft_label(label),
-                source="imagerewarddb",
-                category=str(category) if category is not None else None,
-                meta={**meta, "pair": [i, j], "first": per_image[i], "second": per_image[j]},
-            )
-            for (i, j), label in labels.items()
-        ]
+        return ranking_pair_samples(
+            self.name,
+            record.index,
+            prompt,
+            images,
+            labels,
+            source="imagerewarddb",
+            category=str(category) if category is not None else None,
+            pair_meta=lambda i, j: {**meta, "pair": [i, j], "first": per_image[i], "second": per_image[j]},
+        )

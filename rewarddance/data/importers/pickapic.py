@@ -30,6 +30,7 @@ from rewarddance.data.importers.common import (
     key_for,
     model_names,
     num_table_rows,
+    numbered_records,
     passthrough,
     require_columns,
     table_columns,
@@ -67,12 +68,7 @@ class PickAPicImporter(Importer):
     def records(self) -> Iterator[Record]:
         for path in self.files:
             self._check(path)  # each file up front, before any of its rows
-        index = 0
-        for path in self.files:
-            for row, data in enumerate(iter_table(path)):
-                rid = data.get("ranking_id")
-                yield Record(path, row, index, data, row_id=f"ranking_id={rid}" if rid is not None else None)
-                index += 1
+        yield from numbered_records(self.files, iter_table, id_column="ranking_id")
 
     def convert(self, record: Record) -> list[Sample]:
         data = record.data

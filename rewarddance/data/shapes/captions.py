@@ -32,6 +32,7 @@ from rewarddance.data.shapes.scene import (
     SceneObject,
     place_objects,
     relation_strengths,
+    style_angle,
 )
 from rewarddance.data.shapes.splits import allowed_colors, color_allowed, heldout_colors, is_ood, relation_allowed
 from rewarddance.data.shapes.video import velocity
@@ -174,7 +175,7 @@ def random_scene(
             shape = str(rng.choice(SHAPES))
             options = heldout_colors(shape) if is_ood(world.split) and k == 0 else allowed_colors(shape, world.split)
             color = str(rng.choice(options))
-            angle = float(rng.uniform(-20, 20)) if style == "alt" and shape != "circle" else 0.0
+            angle = style_angle(shape, style, rng)
             vx = vy = 0.0
             if world.video:
                 motion = STILL if rng.random() < 0.25 else str(rng.choice(DIRECTIONS))

@@ -53,6 +53,7 @@ from rewarddance.data.shapes.scene import (
     layout_fits,
     place_objects,
     relation_strengths,
+    style_angle,
 )
 from rewarddance.data.shapes.splits import (
     allowed_colors,
@@ -170,12 +171,6 @@ def scene_allowed(scene: Scene, split: str) -> bool:
 # --- satisfying scenes --------------------------------------------------------------------------
 
 
-def _angle(shape: str, style: str, rng: np.random.Generator) -> float:
-    # The alt style turns squares and triangles by up to 20 degrees; default shapes stand upright
-    # (render-time angle jitter of a few degrees still applies to both).
-    return float(rng.uniform(-20, 20)) if style == "alt" and shape != "circle" else 0.0
-
-
 def _specs(metadata: dict[str, Any], rng: np.random.Generator, split: str, style: str) -> list[SceneObject]:
     need_heldout = is_ood(split) and not prompt_has_heldout(metadata)
     specs = []
@@ -187,7 +182,7 @@ def _specs(metadata: dict[str, Any], rng: np.random.Generator, split: str, style
                     color, need_heldout = str(rng.choice(heldout_colors(cls))), False
                 else:
                     color = str(rng.choice(allowed_colors(cls, split)))
-            specs.append(SceneObject(cls, color, 0.0, 0.0, 0.0, angle=_angle(cls, style, rng)))
+            specs.append(SceneObject(cls, color, 0.0, 0.0, 0.0, angle=style_angle(cls, style, rng)))
     return specs
 
 
@@ -259,12 +254,15 @@ def violations_for(metadata: dict[str, Any]) -> tuple[str, ...]:
     }[tag]
 
 
+def draw_violation(options: Sequence[str], favoured: str | None, rng: np.random.Generator) -> str:
+    """One of ``options``, with ``favoured`` (if among them) twice as likely as each other one."""
+    weights = np.array([2.0 if v == favoured else 1.0 for v in options])
+    return str(options[int(rng.choice(len(options), p=weights / weights.sum()))])
+
+
 def choose_violation(metadata: dict[str, Any], rng: np.random.Generator) -> str:
     """A violation type for the prompt; the tag's own failure (count for counting, ...) twice as likely."""
-    options = violations_for(metadata)
-    key = _KEY_VIOLATION.get(metadata["tag"])
-    weights = np.array([2.0 if v == key else 1.0 for v in options])
-    return str(options[int(rng.choice(len(options), p=weights / weights.sum()))])
+    return draw_violation(violations_for(metadata), _KEY_VIOLATION.get(metadata["tag"]), rng)
 
 
 def _matching(objs: Sequence[SceneObject], req: dict[str, Any]) -> list[int]:
@@ -315,7 +313,7 @@ def violate(
         if not options:
             return None
         new = str(rng.choice(options))
-        objs[i] = replace(objs[i], shape=new, angle=_angle(new, scene.style, rng))
+        objs[i] = replace(objs[i], shape=new, angle=style_angle(new, scene.style, rng))
     elif violation == "count":
         if metadata["tag"] != "counting":
             return None
@@ -325,7 +323,7 @@ def violate(
             del objs[int(rng.choice(_matching(objs, r)))]
         else:
             color = str(rng.choice(allowed_colors(r["class"], split)))
-            spec = SceneObject(r["class"], color, 0.0, 0.0, 0.0, angle=_angle(r["class"], scene.style, rng))
+            spec = SceneObject(r["class"], color, 0.0, 0.0, 0.0, angle=style_angle(r["class"], scene.style, rng))
             added = place_objects([spec], rng, canvas=canvas, size_range=size_range, existing=objs)
             if added is None:
                 return None
@@ -383,12 +381,48 @@ def sample_violating_scene(
     With ``base`` (a satisfying scene) the violation edits it, giving a minimal pair; otherwise
     (or if editing ``base`` keeps failing) a fresh satisfying scene is drawn and edited.
     """
+    return violate_with_retries(
+        metadata,
+        violation,
+        base,
+        choose=lambda: choose_violation(metadata, rng),
+        fresh=lambda: sample_scene(metadata, rng, split=split, canvas=canvas, size_range=size_range, style=style),
+        edit=lambda scene, v: violate(scene, metadata, v, rng, split=split, size_range=size_range),
+    )
+
+
+def violate_with_retries(
+    metadata: dict[str, Any],
+    violation: str | None,
+    base: Scene | None,
+    *,
+    choose: Callable[[], str],
+    fresh: Callable[[], Scene],
+    edit: Callable[[Scene, str], Scene | None],
+) -> tuple[Scene, str]:
+    """The retry policy of still and video violations: an edited scene that breaks ``metadata``, and how.
+
+    An edit can fail (no free spot for a moved object, no other allowed colour, ...), so it is
+    retried. The first 10 attempts edit ``base`` when given, for a minimal pair; after that, or
+    without ``base``, each attempt edits a fresh satisfying scene from ``fresh``.
+
+    Args:
+        metadata: The prompt to break.
+        violation: The violation type; None draws one per attempt with ``choose``.
+        base: A satisfying scene to edit first, or None.
+        choose: Draws a violation type.
+        fresh: Draws a satisfying scene.
+        edit: Breaks a scene with a violation type; None when that fails.
+
+    Raises:
+        RuntimeError: if 60 attempts all fail.
+    """
     for attempt in range(60):
-        v = violation or choose_violation(metadata, rng)
+        v = violation or choose()
         start = base if base is not None and attempt < 10 else None
         if start is None:
-            start = sample_scene(metadata, rng, split=split, canvas=canvas, size_range=size_range, style=style)
-        out = violate(start, metadata, v, rng, split=split, size_range=size_range)
+            start = fresh()
+        out = edit(start, v)
         if out is not None:
             return out, v
     raise RuntimeError(f"could not violate {metadata['prompt']!r} with {violation or 'any violation'}")

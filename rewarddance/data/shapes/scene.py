@@ -116,6 +116,15 @@ class SceneObject:
         return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
+def style_angle(shape: str, style: str, rng: np.random.Generator) -> float:
+    """Rotation of a new object in ``style``, in degrees.
+
+    The alt style turns squares and triangles by up to 20 degrees; default shapes stand upright
+    (render-time angle jitter of a few degrees still applies to both).
+    """
+    return float(rng.uniform(-20, 20)) if style == "alt" and shape != "circle" else 0.0
+
+
 def motion_of(dx: float, dy: float, canvas: int) -> str:
     """Name the motion of a displacement over a whole clip: a direction word or ``"still"``.
 

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from rewarddance.data.shapes.oracle import Detection, detect
+from rewarddance.data.shapes.prompts import draw_violation, violate_with_retries
 from rewarddance.data.shapes.rules import Judgement, describe, judge, with_article
 from rewarddance.data.shapes.scene import (
     COLOR_NAMES,
@@ -39,6 +40,7 @@ from rewarddance.data.shapes.scene import (
     layout_fits,
     motion_of,
     place_objects,
+    style_angle,
 )
 from rewarddance.data.shapes.splits import (
     HELDOUT_COLOR_SHAPE,
@@ -121,10 +123,6 @@ def video_judgement(scene: Scene, metadata: dict[str, Any]) -> Judgement:
     return judge([_Moving(o.shape, o.color, o.bbox, scene.motion(o)) for o in scene.objects], metadata)
 
 
-def _angle(shape: str, style: str, rng: np.random.Generator) -> float:
-    return float(rng.uniform(-20, 20)) if style == "alt" and shape != "circle" else 0.0
-
-
 def sample_video_scene(
     metadata: dict[str, Any],
     rng: np.random.Generator,
@@ -141,7 +139,9 @@ def sample_video_scene(
         specs = []
         for r in metadata["include"]:
             vx, vy = velocity(r["motion"], rng, canvas, frames)
-            specs.append(SceneObject(r["class"], r["color"], 0.0, 0.0, 0.0, _angle(r["class"], style, rng), vx, vy))
+            specs.append(
+                SceneObject(r["class"], r["color"], 0.0, 0.0, 0.0, style_angle(r["class"], style, rng), vx, vy)
+            )
         placed = place_objects(specs, rng, canvas=canvas, size_range=size_range, frames=frames)
         if placed is not None:
             scene = Scene(tuple(placed), canvas=canvas, style=style, frames=frames)
@@ -152,6 +152,11 @@ def sample_video_scene(
 
 def video_violations_for(metadata: dict[str, Any]) -> tuple[str, ...]:
     return ("direction", "static", "color", "shape", *(("missing",) if len(metadata["include"]) > 1 else ()))
+
+
+def choose_video_violation(metadata: dict[str, Any], rng: np.random.Generator) -> str:
+    """A violation type for a clip; ``direction`` twice as likely: it is what video prompts are about."""
+    return draw_violation(video_violations_for(metadata), "direction", rng)
 
 
 def violate_video(
@@ -193,7 +198,7 @@ def violate_video(
         if not options:
             return None
         new = str(rng.choice(options))
-        objs[i] = replace(o, shape=new, angle=_angle(new, scene.style, rng))
+        objs[i] = replace(o, shape=new, angle=style_angle(new, scene.style, rng))
     elif violation == "missing":
         if len(objs) < 2:
             return None
@@ -221,21 +226,18 @@ def sample_violating_video_scene(
 ) -> tuple[Scene, str]:
     """A clip that breaks the prompt in one way (editing ``base`` if given), and the violation type.
 
-    ``direction`` is drawn twice as often as the others: it is what video prompts are about.
+    ``direction`` is drawn twice as often as the others (:func:`choose_video_violation`).
     """
-    for attempt in range(60):
-        options = video_violations_for(metadata)
-        weights = np.array([2.0 if v == "direction" else 1.0 for v in options])
-        v = violation or str(options[int(rng.choice(len(options), p=weights / weights.sum()))])
-        start = base if base is not None and attempt < 10 else None
-        if start is None:
-            start = sample_video_scene(
-                metadata, rng, split=split, canvas=canvas, frames=frames, size_range=size_range, style=style
-            )
-        out = violate_video(start, metadata, v, rng, split=split, size_range=size_range)
-        if out is not None:
-            return out, v
-    raise RuntimeError(f"could not violate {metadata['prompt']!r} with {violation or 'any violation'}")
+    return violate_with_retries(
+        metadata,
+        violation,
+        base,
+        choose=lambda: choose_video_violation(metadata, rng),
+        fresh=lambda: sample_video_scene(
+            metadata, rng, split=split, canvas=canvas, frames=frames, size_range=size_range, style=style
+        ),
+        edit=lambda scene, v: violate_video(scene, metadata, v, rng, split=split, size_range=size_range),
+    )
 
 
 # --- pixel oracle -------------------------------------------------------------------------------
