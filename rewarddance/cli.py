@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from rewarddance.commands import COMMANDS, CommandTree
 from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
+from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask  # noqa: F401 - short class_path in YAML
 
 
 def _short_doc(fn: Callable[..., Any]) -> str:
@@ -71,6 +72,32 @@ class RewardDanceCLI(LightningCLI):
             target, config = target[child], config[child]
         kwargs = {k: v for k, v in dict(config).items() if k not in ("command", "config", "__path__")}
         return target, kwargs
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, test the final weights on every test set of the datamodule and end with a summary "
+            "of the accuracies and of where the checkpoint and the export were written.",
+        )
+
+    def after_fit(self) -> None:
+        if not self.config["fit"].get("test_after_fit") or self.datamodule is None:
+            return
+        if getattr(self.datamodule, "test", None) is None:
+            return
+        results = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        if not self.trainer.is_global_zero:
+            return
+        accuracies = {k: v for result in results for k, v in result.items() if k.endswith("/acc")}
+        callback = self.trainer.checkpoint_callback
+        checkpoint = (callback.best_model_path or callback.last_model_path) if callback is not None else ""
+        export = getattr(self.model, "export_path", None)
+        print(
+            "[rewarddance] " + " | ".join(f"{k.split('/')[0]} pairwise accuracy {v:.3f}" for k, v in accuracies.items())
+        )
+        print(f"[rewarddance] checkpoint: {checkpoint or 'none'}   export: {export or 'none'}")
 
     def _set_seed(self) -> None:
         if self.config["subcommand"] not in self.project_commands:
