@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Union
 
 from rewarddance.commands import data
+from rewarddance.commands.score import score
 from rewarddance.data.importers import import_dataset
 
 CommandTree = dict[str, Union[Callable[..., Any], "CommandTree", str]]
@@ -22,4 +23,5 @@ COMMANDS: CommandTree = {
         "import": import_dataset,
         "inspect": data.inspect,
     },
+    "score": score,
 }
