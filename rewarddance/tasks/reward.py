@@ -81,6 +81,11 @@ PointPolicy = Literal["skip", "pointwise"]
 BadInputPolicy = Literal["raise", "skip"]
 
 DEFAULT_CATEGORIES: tuple[str, ...] = TAGS + VIDEO_TAGS
+
+PREVIEWS_PER_BATCH = 2
+"""Pairs per batch carried to the metrics for the wandb table of sample pairs."""
+TABLE_ROWS = 16
+"""Rows of that table per evaluation set and epoch."""
 """GenEval tags of the shapes world (stills and video); other categories are counted as ``other``."""
 
 DEFAULT_LR = 3e-4
@@ -204,6 +209,9 @@ class RewardBatch:
     keys: list[str]
     counts: dict[str, int]
     queries: list[Query] | None = None
+    previews: list[dict[str, Any]] = field(default_factory=list)
+    """The first pairs of the batch as the model saw them (prompt, image 1, image 2, target), for
+    the table of sample pairs a wandb logger shows; the i-th preview is pair i."""
 
     def to(self, device: torch.device | str) -> RewardBatch:
         """Move every tensor to ``device`` (Lightning calls this to transfer the batch)."""
@@ -233,6 +241,7 @@ class _SetMetrics(nn.Module):
         self.loss_sum = 0.0
         self.loss_count = 0
         self.counts: Counter[str] = Counter()
+        self.table: list[dict[str, Any]] = []
 
     def compute(self) -> dict[str, float]:
         # Only metrics that saw data are computed (and logged): a set may hold no pairs or no points.
@@ -270,6 +279,19 @@ class _SetMetrics(nn.Module):
             metric.reset()
         self.loss_sum, self.loss_count = 0.0, 0
         self.counts = Counter()
+        self.table = []
+
+
+def _preview(sample: Sample, target: float) -> dict[str, Any]:
+    assert sample.first is not None and sample.second is not None
+    return {
+        "key": sample.key,
+        "prompt": sample.prompt,
+        "category": sample.category,
+        "image 1": sample.first[0],
+        "image 2": sample.second[0],
+        "P(image 2 better) truth": target,
+    }
 
 
 def _binary_ce(prob: Tensor, target: Tensor) -> Tensor:
@@ -509,6 +531,7 @@ class RewardTask(L.LightningModule):
         pair_rows, pair_targets, pair_train, pair_padding, pair_categories = [], [], [], [], []
         point_rows, point_targets, point_padding = [], [], []
         keys: list[str] = []
+        previews: list[dict[str, Any]] = []
         for sample in samples:
             rows = self.sample_rows(sample)
             if isinstance(rows, str):
@@ -528,6 +551,8 @@ class RewardTask(L.LightningModule):
                 pair_train.append(trained)
                 pair_padding.append(sample.padding)
                 pair_categories.append(sample.category or "other")
+                if len(previews) == len(pair_rows) - 1 and len(previews) < PREVIEWS_PER_BATCH and not sample.padding:
+                    previews.append(_preview(sample, rows.pair_target))
             if rows.point_target is not None:
                 point_rows.append(start)
                 point_targets.append(rows.point_target)
@@ -572,6 +597,7 @@ class RewardTask(L.LightningModule):
             keys=keys,
             counts={k: v for k, v in counts.items() if v},
             queries=queries if self.rationale_format == "reasons_first" else None,
+            previews=previews,
         )
 
     # -- training --------------------------------------------------------------------------------
@@ -624,6 +650,9 @@ class RewardTask(L.LightningModule):
             metrics.ece.update(prob, target)
             metrics.loss_sum += float(_binary_ce(prob, target))
             metrics.loss_count += int(keep.sum())
+            all_probs = self.pair_probability(scores, batch)
+            room = TABLE_ROWS - len(metrics.table)
+            metrics.table += [{**p, "P(yes)": float(all_probs[i])} for i, p in enumerate(batch.previews[:room])]
             self.evaluate_orders(scores, batch, metrics)
         keep_points = ~batch.point_padding
         p_yes = self.yes_probability(scores)
@@ -653,12 +682,27 @@ class RewardTask(L.LightningModule):
                 continue
             metrics: _SetMetrics = self.eval_metrics[key]  # type: ignore[assignment]
             values = metrics.compute()
+            self.log_pair_table(name, metrics.table)
             metrics.reset()
             out[name] = values
             self.results[name] = values
             for metric, value in values.items():
                 self.log(f"{name}/{metric}", value, add_dataloader_idx=False, prog_bar=metric == "acc")
         return out
+
+    def log_pair_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """A table of sample pairs with their P(yes) and the ground truth, for wandb loggers."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not rows or not loggers or not self.trainer.is_global_zero:
+            return
+        import wandb
+
+        columns = list(rows[0])
+        data = [[wandb.Image(v) if k.startswith("image") else v for k, v in row.items()] for row in rows]
+        for logger in loggers:
+            logger.log_table(key=f"{name}/pairs", columns=columns, data=data, step=self.global_step)
 
     def _stage_set_names(self, stage: Literal["validate", "test"]) -> list[str]:
         datamodule = getattr(self.trainer, "datamodule", None)
