@@ -1,4 +1,4 @@
-"""VLM backbones for generative reward models (no Lightning here).
+"""VLM backbones for generative reward models, and (in ``generators``) diffusers generators; no Lightning here.
 
 Typical use::
 
