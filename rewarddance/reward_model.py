@@ -35,7 +35,7 @@ from transformers import BatchFeature
 
 from rewarddance.models import Backbone, load_backbone, sample_frames
 from rewarddance.models.peft_utils import unwrap_peft
-from rewarddance.models.scoring import Normalization
+from rewarddance.models.scoring import Normalization, rewards_with_shared_prefix
 from rewarddance.prompting import (
     EncodeReport,
     Query,
@@ -444,6 +444,44 @@ class RewardModel:
             )
             out.append(Query(question, prompt, visuals, criteria_text, examples=list(examples), key=f"item-{i}"))
         return out
+
+    @torch.no_grad()
+    def score_candidates(
+        self, prompt: str, candidates: Sequence[Any], reference: Any, *, criteria: str | None = None
+    ) -> Tensor:
+        """Best-of-N: rewards of N candidates for one prompt against one reference.
+
+        The instruction, the prompt and the reference image (and any in-context examples) are the
+        same for every candidate, so they are encoded once and their key/value cache is shared by
+        the N candidates (:func:`rewarddance.models.scoring.rewards_with_shared_prefix`). The rewards
+        equal :meth:`score` on the same inputs to float tolerance. Falls back to :meth:`score` where
+        the prefix cannot be shared (reasons-first models generate a rationale per candidate;
+        candidates of different sizes encode to different lengths).
+
+        Returns:
+            ``[N]`` float32 rewards on CPU.
+        """
+        if not (self.kind == "generative" and self.paradigm == "pairwise"):
+            raise ValueError(
+                f"score_candidates compares with a reference: a {self.paradigm} {self.kind} model has none"
+            )
+        n = len(candidates)
+        queries = self.queries([prompt] * n, candidates, [reference] * n, criteria)
+        if self.config["rationale_format"] == "reasons_first" or n < 2:
+            return self.score([prompt] * n, candidates, [reference] * n, criteria=criteria, batch_size=n)
+        self.backbone.model.eval()
+        inputs, report = encode_queries(
+            self.backbone, self.template, queries, rationale_format=self.config["rationale_format"],
+            max_length=self.config.get("max_length"),
+        )  # fmt: skip
+        self.last_report = report
+        if "attention_mask" in inputs and not bool(inputs["attention_mask"].all()):
+            return self.score([prompt] * n, candidates, [reference] * n, criteria=criteria, batch_size=n)
+        backbone = self.backbone
+        return rewards_with_shared_prefix(
+            backbone.model, inputs, backbone.yes_token_id, backbone.no_token_id, backbone.image_token_id,
+            normalization=self.config["normalization"],
+        ).cpu()  # fmt: skip
 
     @torch.no_grad()
     def score(

@@ -104,3 +104,14 @@ def test_bad_calls_and_bad_folders(tmp_path):
     (folder / EXPORT_CONFIG).write_text(json.dumps({**record, "family": "internvl"}))
     with pytest.raises(ValueError, match="mixes files of different backbones"):
         RewardModel.from_pretrained(folder)
+
+
+def test_best_of_n_with_a_shared_prefix_scores_like_score(tmp_path):
+    task = GenerativeRewardTask(paradigm="pairwise")
+    model = RewardModel.from_pretrained(_export(task, tmp_path))
+    candidates = [Image.effect_noise((64, 64), 20 + 9 * i).convert("RGB") for i in range(5)]
+    reference = Image.new("RGB", (64, 64), "red")
+    shared = model.score_candidates("a red circle", candidates, reference)
+    one_by_one = model.score(["a red circle"] * 5, candidates, references=[reference] * 5, batch_size=1)
+    torch.testing.assert_close(shared, one_by_one, atol=1e-5, rtol=1e-4)
+    assert shared.std() > 0

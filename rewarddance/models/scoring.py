@@ -100,25 +100,30 @@ def yes_probability(
     return yes_no_log_probs(logits, yes_token_id, no_token_id, normalization)[:, 0].exp()
 
 
-def shared_prefix_length(input_ids: Tensor, image_token_id: int, images_in_prefix: int) -> int:
-    """Length of the prefix that holds the first ``images_in_prefix`` images of every row.
+def shared_prefix_length(
+    input_ids: Tensor, image_token_id: int, images_in_prefix: int | None = None
+) -> tuple[int, int]:
+    """Length of the prefix that holds the first ``images_in_prefix`` images of every row (None:
+    all but the last image, i.e. everything before the candidate).
 
     The prefix ends just before the token that opens the next image (the family's
     vision-start / ``<img>`` token sits right before the image's first placeholder token).
-    All rows must agree on it, and the rows must be unpadded: best-of-N scores N candidates for
+    Returns ``(prefix length, images in it)``. All rows must agree on it, and the rows must be unpadded: best-of-N scores N candidates for
     one prompt and one reference, so the sequences only differ after the shared prefix.
     """
     ids = input_ids[0]
     positions = (ids == image_token_id).nonzero().flatten().tolist()
     starts = [p for i, p in enumerate(positions) if i == 0 or p - positions[i - 1] > 1]
-    if len(starts) <= images_in_prefix:
+    if images_in_prefix is None:
+        images_in_prefix = len(starts) - 1
+    if len(starts) <= images_in_prefix or images_in_prefix < 1:
         raise ValueError(f"the sequences hold {len(starts)} images; a prefix of {images_in_prefix} leaves no candidate")
     split = starts[images_in_prefix] - 1
     if not torch.equal(input_ids[:, :split], input_ids[:1, :split].expand(input_ids.shape[0], -1)):
         raise ValueError(
             "the rows do not share their first tokens: shared-prefix scoring needs one prompt and reference"
         )
-    return split
+    return split, images_in_prefix
 
 
 def rewards_with_shared_prefix(
@@ -127,7 +132,7 @@ def rewards_with_shared_prefix(
     yes_token_id: int,
     no_token_id: int,
     image_token_id: int,
-    images_in_prefix: int = 1,
+    images_in_prefix: int | None = None,
     normalization: Normalization = "yes_no",
 ) -> Tensor:
     """P("yes") for N sequences that share a prefix, encoding the prefix once.
@@ -147,7 +152,8 @@ def rewards_with_shared_prefix(
         yes_token_id: Id of "yes".
         no_token_id: Id of "no".
         image_token_id: The image placeholder token id.
-        images_in_prefix: How many leading images are shared (the reference: 1).
+        images_in_prefix: How many leading images are shared; None: all but the last (the
+            reference, and any in-context example images before it).
         normalization: See the module docstring.
 
     Returns:
@@ -157,7 +163,7 @@ def rewards_with_shared_prefix(
     n, length = input_ids.shape
     if "attention_mask" in inputs and not bool(inputs["attention_mask"].all()):
         raise ValueError("shared-prefix scoring needs unpadded rows (one prompt, same-size candidates)")
-    split = shared_prefix_length(input_ids, image_token_id, images_in_prefix)
+    split, images_in_prefix = shared_prefix_length(input_ids, image_token_id, images_in_prefix)
     device = next(model.parameters()).device
     pixels = inputs["pixel_values"]
     grid = inputs.get("image_grid_thw")
