@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from tqdm import tqdm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+Convention = Literal["auto", "pairwise", "pickscore", "hpsv2", "imagereward", "ties"]
+
+RECORD_FIELDS = ("key", "prompt", "label", "category", "source", "group", "pair", "ranks")
+"""Fields of a JSONL record besides the rewards, written when the item has them."""
 
 
 def load_visual(path: str | Path) -> Image.Image | list[Image.Image]:
@@ -55,12 +60,36 @@ def _shard_items(source: str) -> Iterator[dict[str, Any]]:
 
     for batch in ShardStream(source, batch_size=64):
         for s in batch:
-            extra = {"label": s.label or s.answer, "category": s.category}
+            extra = {"label": s.label or s.answer, "category": s.category, "source": s.source, **_ranking(s)}
             if s.kind == "pair":
                 first, second = _clip(s.first), _clip(s.second)
                 yield {"key": s.key, "prompt": s.prompt, "image": second, "reference": first, "first": first, **extra}
             elif s.kind == "point":
                 yield {"key": s.key, "prompt": s.prompt, "image": _clip(s.image), "reference": None, **extra}
+
+
+def _ranking(sample: Any) -> dict[str, Any]:
+    """Where a pair sits in the ranking it was cut from, for the ranking conventions (no image data).
+
+    Importers of rankings (HPDv2 test, ImageReward, ImageRewardDB) store ``meta["pair"] = [i, j]``,
+    the images' indices in the ranking, with the ranks in ``meta["ranks"]`` (ImageRewardDB: in
+    ``meta["first"]["rank"]`` / ``meta["second"]["rank"]``), and key the pair ``<ranking key>-i-j``.
+    ``group`` is that ranking key: the pairs of one prompt's ranking share it.
+    """
+    meta = sample.meta or {}
+    pair = meta.get("pair")
+    if sample.kind != "pair" or not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return {}
+    i, j = (int(x) for x in pair)
+    suffix = f"-{i}-{j}"
+    group = sample.key[: -len(suffix)] if sample.key.endswith(suffix) else meta.get("prompt_id", sample.key)
+    ranks = meta.get("ranks")
+    if ranks is None and isinstance(meta.get("first"), dict) and isinstance(meta.get("second"), dict):
+        ranks = [meta["first"].get("rank"), meta["second"].get("rank")]
+    out: dict[str, Any] = {"group": str(group), "pair": [i, j]}
+    if isinstance(ranks, (list, tuple)) and len(ranks) == 2 and all(isinstance(r, (int, float)) for r in ranks):
+        out["ranks"] = list(ranks)
+    return out
 
 
 def _clip(clip: list[Image.Image] | None) -> Image.Image | list[Image.Image]:
@@ -77,8 +106,15 @@ def score(
     out: str | None = None,
     criteria: str | None = None,
     batch_size: int = 16,
+    convention: Convention = "auto",
 ) -> Any:
     """Score images with a trained reward model: one image, or a whole shard set or folder to JSONL.
+
+    For a shard set of pairs (e.g. an imported public benchmark) the accuracy is printed after the
+    JSONL is written, in the benchmark's own convention (see ``--convention``), one line per number,
+    such as ``imagereward accuracy (pairs, GT ties skipped, predicted ties wrong): 0.6543 over 1234
+    pairs``. The per-pair decision is ``reward`` vs 0.5 for a pairwise model (``reward`` = P(second
+    better)) and ``reward`` vs ``reward_first`` for a pointwise or regressive one.
 
     Args:
         model: A reward-model folder exported by ``fit`` (or any folder RewardModel.from_pretrained reads).
@@ -87,9 +123,25 @@ def score(
         reference: Pairwise models: the reference image (image 1) the candidate is judged against.
         input: Batch form: a shard folder / pattern, or a folder of images with a metadata.jsonl of
             {"file_name", "prompt", optional "reference"} rows.
-        out: Batch form: the JSONL file to write (one {"key", "prompt", "reward", ...} per item).
+        out: Batch form: the JSONL file to write (one {"key", "prompt", "reward", ...} per item). Pairs
+            from shards also get "label", "category", "source" and, when cut from a ranking, "group"
+            (the ranking's key, shared by the pairs of one prompt), "pair" (the images' indices in it)
+            and "ranks" (theirs, lower = better); pointwise models add "reward_first".
         criteria: A criteria name of the model's template (e.g. "visual quality"), default the model's.
         batch_size: Items per forward pass.
+        convention: How the pairs' accuracy is counted. "auto": by the shards' source, computed per
+            source: Pick-a-Pic -> pickscore (and ties dropped), HPDv2 test -> hpsv2, ImageReward ->
+            imagereward, VideoGen-RewardBench and GenAI-Bench -> ties, HPDv3, shapes and others ->
+            pairwise. "pairwise": ties dropped, predicted ties wrong. "pickscore": ties 0.5 credit,
+            and ties dropped. "hpsv2": per prompt 1 - discordant/total, mean over prompts.
+            "imagereward": over pairs, GT ties skipped, predicted ties wrong. "ties": without ties,
+            and with ties (tie threshold calibrated on the pairs). See
+            :func:`rewarddance.metrics.benchmark_accuracy`.
+
+    Returns:
+        The single-image form: the reward. The batch form: {"written", "skipped", "out", "results"
+        (one :func:`~rewarddance.metrics.benchmark_accuracy` dict per source, or one for a named
+        convention; empty without labelled pairs), "lines" (the accuracy lines printed)}.
     """
     from rewarddance.reward_model import RewardModel
 
@@ -109,6 +161,7 @@ def score(
     source = Path(input)
     items = _folder_items(source) if (source / "metadata.jsonl").exists() else _shard_items(input)
     written = skipped = 0
+    pairs: list[dict[str, Any]] = []  # the labelled pairs' records, for the accuracy
     with open(out, "w") as f:
         chunk: list[dict[str, Any]] = []
         for item in tqdm(items, desc="score", unit="item"):
@@ -117,16 +170,56 @@ def score(
                 continue
             chunk.append(item)
             if len(chunk) == batch_size:
-                written += _score_chunk(reward_model, chunk, pairwise, criteria, f)
+                pairs += _labelled_pairs(_score_chunk(reward_model, chunk, pairwise, criteria, f))
+                written += len(chunk)
                 chunk = []
         if chunk:
-            written += _score_chunk(reward_model, chunk, pairwise, criteria, f)
+            pairs += _labelled_pairs(_score_chunk(reward_model, chunk, pairwise, criteria, f))
+            written += len(chunk)
     note = f" (skipped {skipped} items without a reference: the model is pairwise)" if skipped else ""
     print(f"wrote {written} scores to {out}{note}")
-    return written
+    results = accuracy_report(pairs, convention)
+    lines = [line for result in results for line in result["lines"]]
+    for line in [*lines, *(w for result in results for w in result["warnings"])]:
+        print(line)
+    return {"written": written, "skipped": skipped, "out": str(out), "results": results, "lines": lines}
 
 
-def _score_chunk(reward_model: Any, chunk: list[dict[str, Any]], pairwise: bool, criteria: str | None, f: Any) -> int:
+def _labelled_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of pairs with a pair label, without the prompt (all the accuracy needs)."""
+    return [
+        {k: v for k, v in r.items() if k != "prompt"} for r in records if r.get("label") in ("first", "second", "tie")
+    ]
+
+
+def accuracy_report(records: list[dict[str, Any]], convention: Convention = "auto") -> list[dict[str, Any]]:
+    """The accuracy of scored pairs: one :func:`~rewarddance.metrics.benchmark_accuracy` result per source.
+
+    With ``convention="auto"`` each source gets its own convention (and its own lines, prefixed with
+    ``[source]`` when there are several); a named convention counts all pairs together. No labelled
+    pairs: no results.
+    """
+    from rewarddance.metrics import benchmark_accuracy
+
+    pairs = [r for r in records if r.get("label") in ("first", "second", "tie")]
+    if not pairs:
+        return []
+    if convention != "auto":
+        return [benchmark_accuracy(pairs, convention)]
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for r in pairs:
+        by_source.setdefault(str(r.get("source") or "unknown"), []).append(r)
+    results = [benchmark_accuracy(group, "auto") for _, group in sorted(by_source.items())]
+    if len(results) > 1:
+        for result in results:
+            result["lines"] = [f"[{result['sources'][0]}] {line}" for line in result["lines"]]
+    return results
+
+
+def _score_chunk(
+    reward_model: Any, chunk: list[dict[str, Any]], pairwise: bool, criteria: str | None, f: Any
+) -> list[dict[str, Any]]:
+    """Score ``chunk``, write one JSONL record per item to ``f`` and return the records."""
     if pairwise:
         rewards = reward_model.score(
             [i["prompt"] for i in chunk],
@@ -145,7 +238,9 @@ def _score_chunk(reward_model: Any, chunk: list[dict[str, Any]], pairwise: bool,
             else []
         )
         extra = [{"reward_first": next(first_rewards)} if "first" in i else {} for i in chunk]
+    records = []
     for item, reward, more in zip(chunk, rewards.tolist(), extra):
-        record = {k: item[k] for k in ("key", "prompt", "label", "category") if item.get(k) is not None}
-        f.write(json.dumps({**record, "reward": reward, **more}) + "\n")
-    return len(chunk)
+        record = {k: item[k] for k in RECORD_FIELDS if item.get(k) is not None}
+        records.append({**record, "reward": reward, **more})
+        f.write(json.dumps(records[-1]) + "\n")
+    return records
