@@ -1,0 +1,253 @@
+"""Prompts with their metadata, for RL fine-tuning of generators.
+
+RL needs no images from the data, only prompts: a batch is a list of ``{"prompt": str, "metadata": dict}``, where
+``metadata`` is the prompt's GenEval-format description (``{"tag", "include", "exclude"?, "prompt"}``, see
+:mod:`rewarddance.data.shapes.prompts`). It travels with the prompt so that the pixel oracle, and any reward that
+reads it (the toy ``shapes-color`` reward), can judge the samples.
+
+Prompt sources (one string, the same forms for training and evaluation):
+
+- a GenEval-format JSONL file (the name must end in ``.jsonl``; :func:`~rewarddance.data.shapes.write_geneval_jsonl` writes one);
+- rewarddance shards (a folder with ``manifest.json``, shard paths or patterns: anything
+  :class:`~rewarddance.data.stream.ShardStream` reads): the prompt of each sample, metadata from
+  ``Sample.meta["geneval"]``; images are never decoded;
+- ``shapes:<split>`` (``shapes:train``, ``shapes:test-id``...): a fixed GenEval-style prompt set of the shapes
+  world, generated (:func:`~rewarddance.data.shapes.geneval_prompts`), no file needed;
+- ``shapes-video:<split>``: the same for the motion prompts of shapes videos.
+
+Training prompts from shards stream (shuffled per epoch, equal batch counts on every rank, see
+:mod:`rewarddance.data.stream`); the other sources are small and held in memory (under DDP Lightning's distributed
+sampler splits them). The evaluation set is always read whole, duplicates removed: it is the fixed prompt set the
+task scores with the oracle (:meth:`PromptDataModule.val_prompts`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rewarddance.data.schema import Sample
+from rewarddance.data.shapes.prompts import TAGS, geneval_prompts, read_geneval_jsonl
+from rewarddance.data.shapes.splits import SPLIT_IDS
+from rewarddance.data.shapes.video import VIDEO_TAGS, sample_video_prompt
+from rewarddance.data.stream import ShardStream, StreamLoader
+
+__all__ = ["PromptDataModule", "PromptItem", "is_generated_source", "load_prompts", "prompt_item"]
+
+PromptItem = dict[str, Any]
+"""``{"prompt": str, "metadata": dict}``: one element of a batch."""
+
+SHAPES_SCHEME = "shapes:"
+SHAPES_VIDEO_SCHEME = "shapes-video:"
+
+
+def prompt_item(metadata: dict[str, Any], prompt: str | None = None) -> PromptItem:
+    """A batch element from GenEval metadata (the prompt text defaults to ``metadata["prompt"]``)."""
+    text = prompt if prompt is not None else metadata.get("prompt")
+    if not text:
+        raise ValueError(f"No prompt text in {metadata!r}")
+    return {"prompt": str(text), "metadata": dict(metadata)}
+
+
+def _sample_item(sample: Sample) -> PromptItem:
+    return prompt_item(sample.meta.get("geneval") or {}, sample.prompt)
+
+
+def _collate_samples(samples: list[Sample]) -> list[PromptItem]:
+    # Module level so that it pickles into DataLoader workers.
+    return [_sample_item(s) for s in samples]
+
+
+def _as_list(items: list[PromptItem]) -> list[PromptItem]:
+    return list(items)
+
+
+def _is_jsonl(source: str) -> bool:
+    return source.endswith(".jsonl")
+
+
+def is_generated_source(source: str) -> bool:
+    """Whether ``source`` names a generated prompt set (``shapes:<split>`` or ``shapes-video:<split>``)."""
+    return source.startswith((SHAPES_SCHEME, SHAPES_VIDEO_SCHEME))
+
+
+def _video_prompts(per_tag: int, split: str, seed: int, tags: Sequence[str]) -> list[dict[str, Any]]:
+    # As geneval_prompts: distinct prompts per tag, deterministic from the seed and the split.
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], 7927]))
+    out: list[dict[str, Any]] = []
+    for tag in tags:
+        seen: dict[str, dict[str, Any]] = {}
+        for _ in range(per_tag * 40):
+            meta = sample_video_prompt(tag, rng, split)
+            seen.setdefault(meta["prompt"], meta)
+            if len(seen) >= per_tag:
+                break
+        out.extend(seen[p] for p in sorted(seen))
+    return out
+
+
+def _generated(source: str, per_tag: int, seed: int, tags: Sequence[str] | None) -> list[dict[str, Any]]:
+    video = source.startswith(SHAPES_VIDEO_SCHEME)
+    split = source.split(":", 1)[1]
+    if split not in SPLIT_IDS:
+        raise ValueError(f"Unknown shapes split {split!r} in {source!r}; choose from {sorted(SPLIT_IDS)}")
+    if video:
+        return _video_prompts(per_tag, split, seed, tuple(tags or VIDEO_TAGS))
+    return geneval_prompts(per_tag, split=split, seed=seed, tags=tuple(tags or TAGS))
+
+
+def load_prompts(
+    source: str,
+    *,
+    per_tag: int = 50,
+    seed: int = 0,
+    tags: Sequence[str] | None = None,
+    limit: int | None = None,
+    unique: bool = True,
+) -> list[PromptItem]:
+    """Read a whole prompt source into memory (see the module docstring for the forms of ``source``).
+
+    Args:
+        source: A ``.jsonl`` file, shards, or ``shapes:<split>`` / ``shapes-video:<split>``.
+        per_tag: Prompts per tag for generated sources.
+        seed: Seed of generated sources.
+        tags: Keep only these GenEval tags (None: all).
+        limit: Keep at most this many prompts (after filtering).
+        unique: Drop repeated prompt texts (shards hold several samples per prompt).
+
+    Returns:
+        The prompts, in source order.
+    """
+    if is_generated_source(source):
+        items: Iterator[PromptItem] = (prompt_item(m) for m in _generated(source, per_tag, seed, tags))
+    elif _is_jsonl(source):
+        items = (prompt_item(m) for m in read_geneval_jsonl(source))
+    else:
+        # rank 0 of 1: every process reads the whole set (the task splits evaluation prompts over ranks itself).
+        stream = ShardStream(source, batch_size=256, load_visuals=False, rank=0, world_size=1, name=str(source))
+        items = (_sample_item(s) for batch in stream for s in batch)
+    seen: set[str] = set()
+    out: list[PromptItem] = []
+    for item in items:
+        if tags is not None and item["metadata"].get("tag") not in tags:
+            continue
+        if unique:
+            if item["prompt"] in seen:
+                continue
+            seen.add(item["prompt"])
+        out.append(item)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Batches of prompts with their GenEval metadata, for :class:`~rewarddance.tasks.GeneratorRLTask`.
+
+    A batch is a list of ``{"prompt": str, "metadata": dict}``. There is no validation loop: ``val`` is the
+    fixed prompt set the task scores with the oracle every ``eval_every`` steps (:meth:`val_prompts`).
+
+    Args:
+        train: Training prompts: a GenEval-format ``.jsonl`` file, rewarddance shards (folder with
+            ``manifest.json``, shard paths, brace patterns), or ``shapes:<split>`` / ``shapes-video:<split>``
+            (a generated prompt set of the shapes world).
+        val: The fixed evaluation prompt set, in the same forms, or null (no oracle evaluation).
+        batch_size: Prompts per batch, per rank (GRPO samples ``group_size`` images of each).
+        num_workers: DataLoader workers (they matter for shards only; other sources are in memory).
+        seed: Seed of the shuffling and of generated prompt sets.
+        shuffle: Reshuffle the training prompts every epoch.
+        per_tag: Prompts per tag of a generated training set.
+        val_per_tag: Prompts per tag of a generated evaluation set.
+        tags: Keep only prompts of these GenEval tags (training and evaluation); null keeps all.
+        val_limit: Keep at most this many evaluation prompts.
+        shuffle_buffer: Sample shuffle buffer of shard streams (raw samples, per worker).
+    """
+
+    def __init__(
+        self,
+        train: str = "shapes:train",
+        val: str | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        per_tag: int = 50,
+        val_per_tag: int = 4,
+        tags: list[str] | None = None,
+        val_limit: int | None = None,
+        shuffle_buffer: int = 1000,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # Cheap on purpose (LightningCLI builds it to print configs): sources are read in setup().
+        self.save_hyperparameters()
+        self.train, self.val = train, val
+        self.batch_size, self.num_workers, self.seed, self.shuffle = batch_size, num_workers, seed, shuffle
+        self.per_tag, self.val_per_tag, self.tags, self.val_limit = per_tag, val_per_tag, tags, val_limit
+        self.shuffle_buffer = shuffle_buffer
+        self._train_items: list[PromptItem] | None = None
+        self._val_items: list[PromptItem] | None = None
+
+    def _streams_train(self) -> bool:
+        return not (is_generated_source(self.train) or _is_jsonl(self.train))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read in-memory training prompts (shards stream instead)."""
+        if stage in (None, "fit") and self._train_items is None and not self._streams_train():
+            self._train_items = load_prompts(
+                self.train, per_tag=self.per_tag, seed=self.seed, tags=self.tags, unique=False
+            )
+            if not self._train_items:
+                raise ValueError(f"No training prompts in {self.train!r} (tags {self.tags})")
+
+    def train_dataloader(self) -> DataLoader:
+        """Prompt batches; shards stream through :class:`~rewarddance.data.stream.StreamLoader`."""
+        if self._streams_train():
+            trainer = getattr(self, "trainer", None)
+            stream = ShardStream(
+                self.train,
+                batch_size=self.batch_size,
+                collate_fn=_collate_samples,
+                shuffle=self.shuffle,
+                shuffle_buffer=self.shuffle_buffer if self.shuffle else 0,
+                seed=self.seed,
+                load_visuals=False,
+                rank=trainer.global_rank if trainer is not None else None,
+                world_size=trainer.world_size if trainer is not None else None,
+                name="train",
+            )
+
+            # As ShardDataModule: ShardStream splits work over workers itself and its length is exact.
+            warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+
+            def epoch() -> int | None:
+                return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else None
+
+            return StreamLoader(stream, epoch_fn=epoch, num_workers=self.num_workers)
+        self.setup("fit")
+        assert self._train_items is not None
+        return DataLoader(
+            self._train_items,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            collate_fn=_as_list,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def val_prompts(self) -> list[PromptItem]:
+        """The fixed evaluation prompt set (read once; empty without ``val``)."""
+        if self.val is None:
+            return []
+        if self._val_items is None:
+            self._val_items = load_prompts(
+                self.val, per_tag=self.val_per_tag, seed=self.seed, tags=self.tags, limit=self.val_limit
+            )
+        return list(self._val_items)
