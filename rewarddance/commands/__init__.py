@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Union
 
 from rewarddance.commands import data
+from rewarddance.commands.plan import plan
 from rewarddance.commands.score import score
 from rewarddance.data.importers import import_dataset
 
@@ -24,4 +25,5 @@ COMMANDS: CommandTree = {
         "inspect": data.inspect,
     },
     "score": score,
+    "plan": plan,
 }
