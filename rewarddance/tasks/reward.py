@@ -50,6 +50,8 @@ from rewarddance.data.schema import Clip, Sample, decode_sample
 from rewarddance.data.shapes.prompts import TAGS
 from rewarddance.data.shapes.video import VIDEO_TAGS
 from rewarddance.data.stream import iter_tar_samples, resolve_shards
+from rewarddance.distributed import is_sharded, shard_task, unsharded_copy
+from rewarddance.distributed import last_hidden_state as sharded_last_hidden_state
 from rewarddance.losses import bradley_terry_loss, pair_label_to_target, pointwise_generative_loss, yes_no_cross_entropy
 from rewarddance.metrics import CalibrationError, CategoryAccuracy, PairwiseAccuracy, PositionBias, order_averaged_prob
 from rewarddance.models import Backbone, LoraSettings, load_backbone, prepare_for_training, sample_frames
@@ -382,8 +384,13 @@ class RewardTask(L.LightningModule):
     # -- model ---------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        """Load the backbone and prepare it for training (LoRA, freezing, checkpointing); idempotent."""
+        """Load the backbone and prepare it for training (LoRA, freezing, checkpointing); idempotent.
+
+        Under Lightning's ``ModelParallelStrategy`` (``self.device_mesh`` set) the modules are then
+        sharded with FSDP2 (:func:`rewarddance.distributed.shard_task`).
+        """
         if self.backbone is not None:
+            shard_task(self)  # no-op without a device mesh or once sharded
             return
         backbone = load_backbone(
             self.hparams.backbone,
@@ -403,6 +410,7 @@ class RewardTask(L.LightningModule):
         self.backbone = backbone
         self.model = backbone.model
         self.build_heads()
+        shard_task(self)
 
     @property
     def lora_settings(self) -> LoraSettings | None:
@@ -746,7 +754,9 @@ class RewardTask(L.LightningModule):
             if different:
                 details = "; ".join(f"{k}: checkpoint {a!r}, this task {b!r}" for k, (a, b) in different.items())
                 raise ValueError(f"This checkpoint was trained with another model configuration ({details}).")
-        state = checkpoint.get("state_dict", {})
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return  # a distributed (FSDP2) checkpoint folder: the strategy has loaded the weights, strictly
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
         shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
@@ -805,13 +815,17 @@ class RewardTask(L.LightningModule):
         return Path(root) / "export"
 
     def on_fit_end(self) -> None:
+        exporter: RewardTask | None = self
+        if self.hparams.export and is_sharded(self):
+            exporter = unsharded_copy(self)  # FSDP2: every rank takes part in gathering the weights
         if not self.trainer.is_global_zero:
             return
         callback = self.trainer.checkpoint_callback
         checkpoint = (callback.best_model_path or callback.last_model_path) if callback is not None else ""
         print(f"[rewarddance] checkpoint: {checkpoint or 'none (checkpointing disabled)'}")
         if self.hparams.export:
-            self.export_path = self.export_to(self._export_dir())
+            assert exporter is not None
+            self.export_path = exporter.export_to(self._export_dir())
             print(f"[rewarddance] export: {self.export_path} (load with RewardModel.from_pretrained)")
         for name, values in self.results.items():
             print(f"[rewarddance] last {name}: acc {values.get('acc', float('nan')):.3f}")
@@ -1256,6 +1270,8 @@ class RegressiveRewardTask(RewardTask):
 
     def row_scores(self, batch: RewardBatch) -> Tensor:
         assert batch.inputs is not None and self.head is not None
+        if self.device_mesh is not None:  # FSDP2: enter at the top, where the root unit's hooks are
+            return self.head(sharded_last_hidden_state(self.model, batch.inputs))
         return self.head(last_hidden_state(self.model, batch.inputs))
 
     def loss_terms(self, batch: RewardBatch) -> dict[str, Tensor]:
