@@ -8,7 +8,9 @@ Every family is one :class:`BackboneSpec` in :data:`BACKBONES`, registered with
 - ``"Qwen/Qwen2.5-VL-3B-Instruct"``: that hub checkpoint, its family read from its config;
 - ``"/path/saved/by/save_pretrained"``: that folder, by the very same code path as a hub id;
 - ``"tiny-qwen2.5-vl"`` (optionally ``size="small"``, ``hidden_size=...``): a tiny random model
-  of the same architecture, built offline from a config, with a project-trained tokenizer.
+  of the same architecture, built offline from a config, with a project-trained tokenizer;
+- ``"shapes-vlm-tiny"`` / ``"shapes-vlm-small"``: the tiny VLMs pretrained on the shapes world
+  and bundled in ``data/backbones/`` (:data:`LOCAL_BACKBONES`), loaded as folders.
 
 Hub checkpoints and folders go through ``AutoConfig`` / ``AutoModelForImageTextToText`` /
 ``<family image-only processor>.from_pretrained``: a folder path and a hub id differ only in the
@@ -27,6 +29,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +61,15 @@ from rewarddance.models.tokenizer import single_token_id, train_tiny_tokenizer
 
 TINY_PREFIX = "tiny-"
 """Prefix that selects a family's tiny offline variant, e.g. ``"tiny-internvl"``."""
+
+BUNDLED_BACKBONES_DIR = Path(__file__).resolve().parents[2] / "data" / "backbones"
+"""Where the repository keeps its pretrained tiny backbones (``configs/pretrain/`` makes them)."""
+
+LOCAL_BACKBONES: dict[str, Path] = {
+    "shapes-vlm-tiny": BUNDLED_BACKBONES_DIR / "shapes-vlm-tiny",
+    "shapes-vlm-small": BUNDLED_BACKBONES_DIR / "shapes-vlm-small",
+}
+"""Names that stand for ``save_pretrained`` folders; :func:`load_backbone` loads them like any folder."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,7 +718,8 @@ def load_backbone(
 
     Args:
         name_or_path: A family name (``"internvl"``), a tiny name (``"tiny-internvl"``), a hub id
-            (``"OpenGVLab/InternVL3-1B-hf"``) or a folder written by ``save_pretrained``.
+            (``"OpenGVLab/InternVL3-1B-hf"``), a folder written by ``save_pretrained``, or a name
+            in :data:`LOCAL_BACKBONES` (``"shapes-vlm-tiny"``).
         size: For a family name, a key of its ``hub_ids`` (e.g. ``"8B"``); for a tiny name, a key of
             :data:`TINY_PRESETS` (``"tiny"`` or ``"small"``).
         dtype: Parameter dtype (``"bfloat16"``, ``torch.float32``, ``"auto"``); None keeps the default.
@@ -731,6 +744,8 @@ def load_backbone(
         TypeError: If the processor loaded is not a ``ProcessorMixin``.
     """
     name = os.fspath(name_or_path)
+    if name in LOCAL_BACKBONES:
+        name = os.fspath(LOCAL_BACKBONES[name])  # then the very same path as any folder
     dtype = _resolve_dtype(dtype)
     tiny_size: TinySize | None = None
     if name.startswith(TINY_PREFIX) and name[len(TINY_PREFIX) :] in BACKBONES:

@@ -4,9 +4,7 @@ Short class names resolve in YAML (``class_path: GenerativeRewardTask``) through
 """
 
 from rewarddance.tasks.generator_rl import GeneratorRLTask
+from rewarddance.tasks.pretrain import CaptionPretrainTask
 from rewarddance.tasks.reward import GenerativeRewardTask, RegressiveRewardTask, RewardTask
 
-# LEAD: the caption-pretraining task (rewarddance/tasks/pretrain.py, another engineer's file) can be
-# exported here too once it has landed: `from rewarddance.tasks.pretrain import CaptionPretrainTask`.
-
-__all__ = ["GenerativeRewardTask", "GeneratorRLTask", "RegressiveRewardTask", "RewardTask"]
+__all__ = ["CaptionPretrainTask", "GenerativeRewardTask", "GeneratorRLTask", "RegressiveRewardTask", "RewardTask"]
