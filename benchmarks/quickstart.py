@@ -53,14 +53,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="fine-tuning budget (trainer.max_time)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the from-scratch baseline run")
+    parser.add_argument("--keep", type=Path, help="keep the runs (checkpoints, exports, logs) in this folder")
     args = parser.parse_args()
     runs = {"quickstart (shapes-vlm-tiny)": None}
     if not args.no_baseline:
         runs["baseline: random init (tiny-qwen2-vl)"] = "tiny-qwen2-vl"
     with tempfile.TemporaryDirectory() as tmp:
+        root = (args.keep or Path(tmp)).resolve()
         # One thread each, side by side on the two cores: both get the same compute.
         started = {
-            name: start(args.minutes, backbone, Path(tmp) / str(i)) for i, (name, backbone) in enumerate(runs.items())
+            name: start(args.minutes, backbone, root / ("quickstart" if backbone is None else "baseline"))
+            for name, backbone in runs.items()
         }
         rows = [(name, *finish(*proc)) for name, proc in started.items()]
     print(f"\nfine-tuning budget {args.minutes:g} min, 1 CPU thread; chance = 0.50")
