@@ -221,3 +221,19 @@ def test_a_named_convention_overrides_auto_and_sources_get_their_own_lines(expor
     assert [r["convention"] for r in results] == ["hpsv2", "pickscore"]
     assert results[0]["lines"][0].startswith("[hpdv2] hpsv2 accuracy")
     assert results[1]["lines"][0].startswith("[pickapic_v2] pickscore accuracy")
+
+
+def test_shard_pairs_are_judged_by_their_own_criteria(exports, tmp_path):
+    from rewarddance.data.stream import ShardStream
+
+    shards = tmp_path / "shards"
+    build_split(shards, "test-id", samples=40, seed=1, kinds=("pair",), quality_fraction=0.5, progress=False)
+    out = tmp_path / "scores.jsonl"
+    main(["score", "--model", str(exports["pairwise"]), "--input", str(shards), "--out", str(out)])
+    rewards = {json.loads(line)["key"]: json.loads(line)["reward"] for line in out.read_text().splitlines()}
+    samples = [s for batch in ShardStream(str(shards), batch_size=64) for s in batch]
+    assert {s.criteria for s in samples} == {"text-image alignment", "visual quality"}
+    model = RewardModel.from_pretrained(exports["pairwise"])
+    for s in samples[:6]:
+        expected = model.score([s.prompt], [s.second[0]], [s.first[0]], criteria=s.criteria)
+        assert rewards[s.key] == pytest.approx(expected.item(), abs=1e-5)

@@ -60,7 +60,13 @@ def _shard_items(source: str) -> Iterator[dict[str, Any]]:
 
     for batch in ShardStream(source, batch_size=64):
         for s in batch:
-            extra = {"label": s.label or s.answer, "category": s.category, "source": s.source, **_ranking(s)}
+            extra = {
+                "label": s.label or s.answer,
+                "category": s.category,
+                "source": s.source,
+                "criteria": s.criteria,
+                **_ranking(s),
+            }
             if s.kind == "pair":
                 first, second = _clip(s.first), _clip(s.second)
                 yield {"key": s.key, "prompt": s.prompt, "image": second, "reference": first, "first": first, **extra}
@@ -216,27 +222,39 @@ def accuracy_report(records: list[dict[str, Any]], convention: Convention = "aut
     return results
 
 
+def _rewards(
+    reward_model: Any, items: list[dict[str, Any]], image_key: str, criteria: str | None, with_reference: bool
+) -> Any:
+    """Rewards of ``items``, each judged by its own criteria (a shard sample's ``criteria``, e.g.
+    "visual quality" for a degraded pair) unless ``criteria`` is given for all, as in training."""
+    import torch
+
+    out = torch.zeros(len(items))
+    groups: dict[str | None, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(criteria or item.get("criteria"), []).append(index)
+    for group_criteria, indices in groups.items():
+        chosen = [items[i] for i in indices]
+        references = [i["reference"] for i in chosen] if with_reference else None
+        rewards = reward_model.score(
+            [i["prompt"] for i in chosen], [i[image_key] for i in chosen], references, criteria=group_criteria
+        )
+        out[indices] = rewards
+    return out
+
+
 def _score_chunk(
     reward_model: Any, chunk: list[dict[str, Any]], pairwise: bool, criteria: str | None, f: Any
 ) -> list[dict[str, Any]]:
     """Score ``chunk``, write one JSONL record per item to ``f`` and return the records."""
     if pairwise:
-        rewards = reward_model.score(
-            [i["prompt"] for i in chunk],
-            [i["image"] for i in chunk],
-            [i["reference"] for i in chunk],
-            criteria=criteria,
-        )
+        rewards = _rewards(reward_model, chunk, "image", criteria, with_reference=True)
         extra: list[dict[str, Any]] = [{} for _ in chunk]
     else:
-        rewards = reward_model.score([i["prompt"] for i in chunk], [i["image"] for i in chunk], criteria=criteria)
+        rewards = _rewards(reward_model, chunk, "image", criteria, with_reference=False)
         # A pair from a shard also gets its first image's reward, so the pair can be compared.
         firsts = [i for i in chunk if "first" in i]
-        first_rewards = iter(
-            reward_model.score([i["prompt"] for i in firsts], [i["first"] for i in firsts], criteria=criteria).tolist()
-            if firsts
-            else []
-        )
+        first_rewards = iter(_rewards(reward_model, firsts, "first", criteria, with_reference=False).tolist())
         extra = [{"reward_first": next(first_rewards)} if "first" in i else {} for i in chunk]
     records = []
     for item, reward, more in zip(chunk, rewards.tolist(), extra):
