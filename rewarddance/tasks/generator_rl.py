@@ -42,13 +42,13 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from peft import LoraConfig
 from torch import Tensor
 
 from rewarddance.data.prompts import PromptItem
 from rewarddance.data.shapes import evaluate, evaluate_parts, evaluate_video, evaluate_video_parts
 from rewarddance.metrics import RewardVariance
 from rewarddance.models.generators import Generator, load_generator
+from rewarddance.models.peft_utils import LoraSettings
 from rewarddance.models.pixels import to_pil_images
 from rewarddance.rewards import Reward, RewardSpec, build_reward
 from rewarddance.rl.denoising import DenoisingContext, PipelineAdapter, adapter_for
@@ -106,7 +106,7 @@ class RewardHackingWarning(UserWarning):
 
 
 @dataclass
-class GeneratorLora:
+class GeneratorLora(LoraSettings):
     """LoRA on the denoiser (diffusers' ``add_adapter``; the base weights stay frozen).
 
     Attributes:
@@ -122,17 +122,6 @@ class GeneratorLora:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: str = DENOISER_LORA_TARGETS
-    use_rslora: bool = False
-
-    def to_peft_config(self) -> LoraConfig:
-        """The ``peft.LoraConfig``."""
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=self.target_modules,
-            use_rslora=self.use_rslora,
-        )
 
 
 @dataclass
