@@ -145,8 +145,12 @@ def scene_questions(
             yes = [x for x in items if x[1] == "yes"]
             no = [x for x in items if x[1] == "no"]
             keep = min(len(yes), len(no))
-            # Interleave so the round-robin below takes yes and no in turn.
-            items[:] = [x for pair in zip(yes[:keep], no[:keep]) for x in pair]
+            # Interleave so the round-robin below takes yes and no in turn, each pair in a random
+            # order: always leading with "yes" made a sample's single relation question a "yes"
+            # (pretraining then learned to answer every relation question "yes").
+            flips = rng.random(keep) < 0.5
+            pairs = [(n, y) if flip else (y, n) for y, n, flip in zip(yes[:keep], no[:keep], flips)]
+            items[:] = [x for pair in pairs for x in pair]
     out: list[tuple[str, str]] = []
     queues = [items for items in kinds.values() if items]
     while queues and len(out) < max_questions:

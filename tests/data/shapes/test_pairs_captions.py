@@ -140,3 +140,20 @@ def test_caption_samples():
 def test_invalid_fractions(bad):
     with pytest.raises(ValueError, match="fraction"):
         make_pair(np.random.default_rng(0), quality_fraction=bad[0], tie_fraction=bad[1])
+
+
+def test_yes_no_questions_are_balanced_in_the_asked_subset():
+    # With one relation question per sample, a fixed yes-first order made every such answer "yes".
+    from collections import Counter
+
+    import numpy as np
+
+    from rewarddance.data.shapes.captions import random_scene, scene_questions
+    from rewarddance.data.shapes.pairs import World
+
+    rng, world, answers = np.random.default_rng(0), World(split="train"), Counter()
+    for _ in range(300):
+        for question, answer in scene_questions(random_scene(rng, world), rng, "train", max_questions=6):
+            if question.startswith(("Is the", "Is there")):
+                answers[answer] += 1
+    assert abs(answers["yes"] - answers["no"]) <= 0.1 * sum(answers.values())
