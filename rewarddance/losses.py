@@ -1,4 +1,5 @@
-"""The reward-model losses and reward read-outs of RewardDance, as plain functions.
+"""The reward-model losses of RewardDance, as plain functions (the reward read-out, P("yes"),
+is :mod:`rewarddance.models.scoring`).
 
 Notation: ``yes_logit`` and ``no_logit`` are the language-model logits of the "yes" and "no"
 tokens at the answer position. Everything here is elementwise over a batch.
@@ -8,20 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def yes_probability(yes_logit: torch.Tensor, no_logit: torch.Tensor) -> torch.Tensor:
-    """Reward r = P("yes"), renormalised over the two answer tokens.
-
-    softmax over {yes, no} gives sigmoid(yes_logit - no_logit); the rest of the vocabulary is
-    ignored, so the reward does not depend on how much mass the model puts on other tokens.
-    """
-    return torch.sigmoid(yes_logit - no_logit)
-
-
-def full_vocabulary_yes_probability(logits: torch.Tensor, yes_id: int) -> torch.Tensor:
-    """P("yes") over the whole vocabulary: ``softmax(logits)[..., yes_id]`` (the paper's literal form)."""
-    return torch.softmax(logits.float(), dim=-1)[..., yes_id]
 
 
 def yes_no_cross_entropy(yes_logit: torch.Tensor, no_logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

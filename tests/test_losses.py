@@ -1,4 +1,4 @@
-"""Losses and reward read-outs against numbers worked out by hand."""
+"""Losses against numbers worked out by hand."""
 
 import math
 
@@ -7,27 +7,14 @@ import torch
 
 from rewarddance.losses import (
     bradley_terry_loss,
-    full_vocabulary_yes_probability,
     pair_label_to_target,
     pointwise_generative_loss,
     yes_no_cross_entropy,
-    yes_probability,
 )
 
 
 def t(*values):
     return torch.tensor(values, dtype=torch.float64)
-
-
-def test_yes_probability_is_two_token_softmax():
-    # softmax([2, 0]) -> e^2 / (e^2 + 1) = 0.880797
-    assert yes_probability(t(2.0), t(0.0)).item() == pytest.approx(0.880797, abs=1e-6)
-    assert yes_probability(t(0.0), t(0.0)).item() == 0.5
-
-
-def test_full_vocabulary_yes_probability():
-    logits = t(0.0, math.log(2.0), math.log(5.0))  # masses 1, 2, 5 -> P(id 1) = 2/8
-    assert full_vocabulary_yes_probability(logits, yes_id=1).item() == pytest.approx(0.25)
 
 
 def test_yes_no_cross_entropy_by_hand():
