@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Union
 
 from rewarddance.commands import data
+from rewarddance.commands.generate import evaluate, generate
 from rewarddance.commands.plan import plan
 from rewarddance.commands.score import score
 from rewarddance.data.importers import import_dataset
@@ -25,5 +26,7 @@ COMMANDS: CommandTree = {
         "inspect": data.inspect,
     },
     "score": score,
+    "generate": generate,
+    "evaluate": evaluate,
     "plan": plan,
 }

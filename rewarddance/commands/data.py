@@ -20,6 +20,7 @@ def shapes(
     canvas: int = 64,
     shard_size: int = 1000,
     compress: bool = False,
+    style: Literal["auto", "default", "alt"] = "auto",
 ) -> dict:
     """Render a split of the shapes world (preference pairs, pointwise and caption samples) into shards.
 
@@ -35,12 +36,15 @@ def shapes(
         canvas: Image side in pixels.
         shard_size: Samples per shard.
         compress: Write gzip-compressed .tar.gz shards.
+        style: Rendering style: auto (alt for test-ood, default otherwise), default or alt. An alt-style
+            train split keeps the held-out colour-shape and relation combinations out.
     """
     from rewarddance.data.shapes import build_split
 
     summary = build_split(
         out, split=split, samples=samples, seed=seed, video=video, kinds=tuple(kinds or ("pair", "point")),
         references=references, noise=noise, canvas=canvas, shard_size=shard_size, compress=compress,
+        style=style,
     )  # fmt: skip
     files = summary["files"]
     print(f"wrote {summary['total']} {split} samples in {len(files)} shards to {out}")

@@ -4,7 +4,8 @@
 - :mod:`~rewarddance.rl.denoising`: step-level access to each pipeline (prepare, denoise, predict x0, decode).
 - :mod:`~rewarddance.rl.refl`: ReFL (ImageReward's reward feedback learning, as RewardDance uses it).
 - :mod:`~rewarddance.rl.reference`: best-of-N references by pairwise win counts, cached per prompt.
-- :mod:`~rewarddance.rl.grpo`: Flow-GRPO (SDE sampling with log-probs, group advantages, clipped loss, KL).
+- :mod:`~rewarddance.rl.grpo`: Flow-GRPO and DDIM-SDE GRPO (SDE sampling with log-probs, group advantages, clipped
+  loss, KL).
 - :mod:`~rewarddance.rl.diagnostics`: reward-hacking flag and sample diversity.
 - :mod:`~rewarddance.rl.search`: inference-time search over paths.
 """
@@ -15,6 +16,8 @@ from rewarddance.rl.grpo import (
     GRPOLoss,
     SDEStep,
     Trajectory,
+    ddim_sde_mean_std,
+    default_sde_steps,
     flow_sde_mean_std,
     flow_sde_std,
     flow_sde_step,
@@ -22,7 +25,7 @@ from rewarddance.rl.grpo import (
     group_advantages,
     grpo_loss,
     recompute_step,
-    sample_flow_trajectory,
+    sample_trajectory,
     transition_kl,
 )
 from rewarddance.rl.reference import (
@@ -50,6 +53,8 @@ __all__ = [
     "SDEStep",
     "Trajectory",
     "adapter_for",
+    "ddim_sde_mean_std",
+    "default_sde_steps",
     "detect_reward_hacking",
     "flow_renoise",
     "flow_sde_mean_std",
@@ -66,8 +71,8 @@ __all__ = [
     "refl_predict_x0",
     "refl_step_latents",
     "sample_diversity",
-    "sample_flow_trajectory",
     "sample_refl_step",
+    "sample_trajectory",
     "search_over_paths",
     "select_by_wins",
     "select_references",

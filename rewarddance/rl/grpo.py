@@ -1,4 +1,4 @@
-r"""GRPO for flow-matching generators (Flow-GRPO, Liu et al. 2025, arXiv 2505.05470).
+r"""GRPO for flow-matching generators (Flow-GRPO, Liu et al. 2025, arXiv 2505.05470) and UNet ones (DDIM SDE).
 
 **The SDE.** The Euler ODE sampler of a rectified flow is deterministic, so it has no per-step likelihood. Flow-GRPO
 replaces it by an SDE with the same marginals. With :math:`x_\sigma = (1-\sigma)x_0 + \sigma\epsilon` and velocity
@@ -22,6 +22,17 @@ Any diffusion coefficient :math:`g(\sigma)` gives a reverse-time SDE with the OD
 and :math:`a = 0` gives back the Euler step :math:`x + v\Delta`. At :math:`\sigma = 1` the coefficient is infinite;
 as Flow-GRPO, its denominator uses ``sigma_max`` = the schedule's second sigma instead.
 
+**UNet (VP) generators** (SD 1.5 / SDXL with a DDIM or DDPM sampler) use DDIM's stochastic step instead (Song et
+al. 2021, eq. 12), the policy of DDPO and DanceGRPO. From the predicted clean latent :math:`\hat x_0` and
+:math:`\hat\epsilon = (x - \sqrt{\bar\alpha}\,\hat x_0)/\sqrt{1-\bar\alpha}`, the step from :math:`\bar\alpha` to
+:math:`\bar\alpha' > \bar\alpha` is
+
+.. math:: x' \sim \mathcal N(\mu, s^2 I),\quad s = \eta\sqrt{\frac{1-\bar\alpha'}{1-\bar\alpha}}
+   \sqrt{1-\frac{\bar\alpha}{\bar\alpha'}},\quad \mu = \sqrt{\bar\alpha'}\,\hat x_0 + \sqrt{1-\bar\alpha'-s^2}\,\hat\epsilon,
+
+with ``noise_level`` as :math:`\eta` (DDPO: 1); :math:`\eta = 0` is the deterministic DDIM step. The last step
+(to :math:`\bar\alpha' = 1`) has :math:`s = 0` and is always deterministic.
+
 **Log-probability** of a stored transition: :math:`\log\mathcal N(x';\mu,s^2I)`, averaged over the latent's
 elements by default (Flow-GRPO's choice; ``reduce="sum"`` gives the true log-density). Sampling and recomputation
 go through the same two functions (:func:`flow_sde_mean_std`, :func:`gaussian_log_prob`), so recomputing with the
@@ -39,13 +50,14 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
 
 from rewarddance.rl._util import RandomSource, as_generator, per_sample, randn, reduce_per_sample
 from rewarddance.rl.denoising import DenoisingContext, PipelineAdapter
+from rewarddance.rl.schedules import PredictionType, predict_x0_ddpm
 
 Reduce = Literal["mean", "sum"]
 """How per-element log-densities and KLs become one number per sample."""
@@ -102,6 +114,29 @@ def flow_sde_mean_std(
     g = per_sample(flow_sde_std(sigma, noise_level, sigma_max).to(x.device), x)
     mean = x * (1 + g**2 / (2 * s) * dt) + v * (1 + g**2 * (1 - s) / (2 * s)) * dt
     return mean, g * torch.sqrt(-dt)
+
+
+def ddim_sde_mean_std(
+    x0: Tensor, eps: Tensor, alpha_bar: Tensor | float, alpha_bar_next: Tensor | float, eta: float
+) -> tuple[Tensor, Tensor]:
+    r"""Mean and std of DDIM's stochastic step from :math:`\bar\alpha` to :math:`\bar\alpha'` (module docstring).
+
+    Args:
+        x0: Predicted clean latent :math:`\hat x_0` (clipped where the scheduler clips it), ``[B, ...]``.
+        eps: Predicted noise :math:`\hat\epsilon` (from the unclipped prediction, as DDIM), same shape.
+        alpha_bar: :math:`\bar\alpha` of the current step, in [0, 1).
+        alpha_bar_next: :math:`\bar\alpha'` of the next step, in (``alpha_bar``, 1].
+        eta: :math:`\eta \ge 0`.
+
+    Returns:
+        ``(mean, std)``: float32 ``[B, ...]`` and a 0-d float32 std.
+    """
+    x0, eps = x0.float(), eps.float()
+    a = torch.as_tensor(alpha_bar, dtype=torch.float32, device=x0.device)
+    a_next = torch.as_tensor(alpha_bar_next, dtype=torch.float32, device=x0.device)
+    std = eta * ((1 - a_next) / (1 - a)).sqrt() * (1 - a / a_next).sqrt()
+    mean = a_next.sqrt() * x0 + (1 - a_next - std**2).clamp_min(0).sqrt() * eps
+    return mean, std
 
 
 def gaussian_log_prob(value: Tensor, mean: Tensor, std: Tensor | float, reduce: Reduce = "mean") -> Tensor:
@@ -339,17 +374,47 @@ def _sigma_max(context: DenoisingContext) -> Tensor:
     return context.sigmas[1] if len(context.sigmas) > 2 else context.sigmas[0]
 
 
+def _check_space(context: DenoisingContext) -> None:
+    if context.space not in ("flow", "vp"):
+        raise ValueError(
+            f"GRPO needs a flow-matching generator or a UNet with a VP sampler (DDIM, DDPM); this context's latent "
+            f"space is {context.space!r} (Euler-type schedulers): swap in a DDIMScheduler"
+        )
+    if context.space == "vp":
+        assert context.alpha_bars is not None
+        if not bool((context.alpha_bars[1:] > context.alpha_bars[:-1]).all()):
+            raise ValueError(
+                "GRPO's DDIM SDE needs strictly decreasing noise levels; this schedule repeats a timestep (PNDM's "
+                "warm-up): swap in a DDIMScheduler"
+            )
+
+
 def _transition(
     adapter: PipelineAdapter, context: DenoisingContext, latents: Tensor, step: int, noise_level: float
 ) -> tuple[Tensor, Tensor]:
-    assert context.sigmas is not None
     output = adapter.model_output(latents, step, context)
+    if context.space == "vp":
+        assert context.alpha_bars is not None
+        alpha_bar = context.alpha_bars[step]
+        x = latents.float()
+        # DDIM's noise estimate comes from the unclipped clean-latent prediction; only x0 itself is clipped.
+        raw_x0 = predict_x0_ddpm(output, x, alpha_bar, cast(PredictionType, context.prediction_type))
+        eps = (x - alpha_bar.sqrt() * raw_x0) / (1 - alpha_bar).sqrt()
+        x0 = adapter.predict_x0(output, latents, step, context)
+        return ddim_sde_mean_std(x0, eps, alpha_bar, context.alpha_bars[step + 1], noise_level)
+    assert context.sigmas is not None
     return flow_sde_mean_std(
         output, latents, context.sigmas[step], context.sigmas[step + 1], noise_level, _sigma_max(context)
     )
 
 
-def sample_flow_trajectory(
+def default_sde_steps(context: DenoisingContext) -> list[int]:
+    """Every step, except a VP schedule's last (to the clean latent), whose DDIM step has no noise."""
+    steps = context.num_steps
+    return list(range(steps - 1 if context.space == "vp" else steps))
+
+
+def sample_trajectory(
     adapter: PipelineAdapter,
     context: DenoisingContext,
     latents: Tensor,
@@ -359,28 +424,30 @@ def sample_flow_trajectory(
     generator: RandomSource = None,
     reduce: Reduce = "mean",
 ) -> Trajectory:
-    """Roll out the Flow-GRPO SDE from ``latents`` (step 0) to the end, recording each transition's log-prob.
+    r"""Roll out the SDE (Flow-GRPO's, or DDIM's for VP UNets) from ``latents`` (step 0) to the end, recording each
+    transition's log-prob.
 
-    Runs without gradients. Steps outside ``sde_steps`` take the plain Euler step (Flow-GRPO-Fast / MixGRPO style:
-    fewer stochastic steps, cheaper training) and record log-prob 0.
+    Runs without gradients. Steps outside ``sde_steps`` take the deterministic step (Euler / DDIM with eta 0;
+    Flow-GRPO-Fast / MixGRPO style: fewer stochastic steps, cheaper training) and record log-prob 0.
 
     Args:
-        adapter: The generator's adapter (flow families).
+        adapter: The generator's adapter (flow families, or UNets with a DDIM/DDPM scheduler).
         context: From ``adapter.prepare``; CFG and guidance as configured there.
         latents: Initial noise (``adapter.initial_latents``).
-        noise_level: :math:`a` (Flow-GRPO: 0.7).
-        sde_steps: Step indices that are stochastic; None = all.
+        noise_level: :math:`a` (Flow-GRPO: 0.7), or DDIM's :math:`\eta` for VP UNets (DDPO: 1).
+        sde_steps: Step indices that are stochastic; None = :func:`default_sde_steps`.
         generator: Seed or generator for the SDE noise.
         reduce: ``"mean"`` (Flow-GRPO) or ``"sum"`` over latent elements.
 
     Returns:
         The :class:`Trajectory`.
     """
-    if context.space != "flow":
-        raise ValueError(f"Flow-GRPO needs a flow-matching generator; this context's latent space is {context.space!r}")
+    _check_space(context)
     num_steps = context.num_steps
     stochastic = torch.zeros(num_steps, dtype=torch.bool)
-    stochastic[list(range(num_steps)) if sde_steps is None else list(sde_steps)] = True
+    stochastic[default_sde_steps(context) if sde_steps is None else list(sde_steps)] = True
+    if context.space == "vp" and bool(stochastic[-1]):
+        raise ValueError(f"step {num_steps - 1} of a VP schedule ends at the clean latent: DDIM has no noise there")
     if noise_level <= 0 and bool(stochastic.any()):
         raise ValueError("noise_level must be > 0 for SDE steps")
     rng = as_generator(generator)

@@ -9,9 +9,9 @@ model, pairwise with best-of-N references or pointwise, or any differentiable ca
 - ``algorithm: refl`` (RewardDance's choice): sample without gradient down to a random late step of the window,
   one denoiser call with gradient, predict :math:`\\hat x_0`, decode, score, maximise the reward
   (:mod:`rewarddance.rl.refl`).
-- ``algorithm: grpo`` (flow-matching generators only): SDE rollouts with per-step log-probs, group-normalised
-  advantages over ``group_size`` samples per prompt, the clipped policy loss on ``train_steps`` of the steps,
-  optionally a KL to the starting model (:mod:`rewarddance.rl.grpo`).
+- ``algorithm: grpo`` (Flow-GRPO for flow-matching generators, DDIM's SDE for UNets): SDE rollouts with per-step
+  log-probs, group-normalised advantages over ``group_size`` samples per prompt, the clipped policy loss on
+  ``train_steps`` of the steps, optionally a KL to the starting model (:mod:`rewarddance.rl.grpo`).
 
 Guard rails: a non-finite reward, loss or gradient stops the run *before* the update, saves the still-good weights
 to ``<log dir>/checkpoints/last-good.ckpt`` and raises :class:`NonFiniteError`; gradient clipping is the Trainer's
@@ -58,7 +58,7 @@ from rewarddance.rl.grpo import (
     group_advantages,
     grpo_loss,
     recompute_step,
-    sample_flow_trajectory,
+    sample_trajectory,
     transition_kl,
 )
 from rewarddance.rl.refl import refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
@@ -72,7 +72,6 @@ __all__ = [
     "ReFLSettings",
     "RewardHackingWarning",
     "SampleCollapseWarning",
-    "geneval_summary",
     "plot_rl_history",
 ]
 
@@ -87,6 +86,8 @@ DENOISER_LORA_TARGETS = (
 Feed-forward layers are included: adapters on attention alone barely move a small generator (ENV.md)."""
 
 ORACLE_PARTS = ("colors", "count", "shape", "position", "mean")
+VP_SDE_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler")
+"""UNet schedulers GRPO can sample DDIM's SDE with (their latents are VP: no sigma scaling)."""
 """Per-part oracle scores logged as ``oracle/parts/<part>`` (video adds ``motion``)."""
 
 
@@ -151,17 +152,18 @@ class ReFLSettings:
 
 @dataclass
 class GRPOSettings:
-    """Flow-GRPO (Liu et al. 2025) for flow-matching generators (sd3, flux, wan-t2v).
+    """GRPO: Flow-GRPO (Liu et al. 2025) for flow-matching generators (sd3, flux, wan-t2v); DDIM's SDE (DDPO,
+    DanceGRPO) for UNets with a DDIM/DDPM scheduler (sd15, sdxl, the bundled shapes generator).
 
     Attributes:
         group_size: Samples per prompt; advantages are normalised within each prompt's group.
-        noise_level: SDE noise level a (Flow-GRPO: 0.7).
+        noise_level: SDE noise level a (Flow-GRPO: 0.7); for UNets DDIM's eta (DDPO: 1.0).
         clip_range: Clip epsilon of the importance ratio (Flow-GRPO: 1e-4, for element-averaged log-probs).
         adv_clip_max: Advantages are clipped to [-adv_clip_max, adv_clip_max]; null: not clipped.
         kl_coef: Weight beta of the KL to the starting model (0: none). With LoRA the starting model is the
             denoiser with adapters disabled; with full fine-tuning a frozen copy is kept.
-        sde_steps: Step indices sampled with the SDE (the trainable ones); null: all. The others take the
-            deterministic Euler step (cheaper training, as Flow-GRPO-Fast / MixGRPO).
+        sde_steps: Step indices sampled with the SDE (the trainable ones); null: all (a UNet's last step is
+            always deterministic). The others take the deterministic Euler / DDIM step (cheaper training, as Flow-GRPO-Fast / MixGRPO).
         train_steps: Stochastic steps trained per update, drawn at random; null: all. Each trained step keeps its
             graph until the backward pass: fewer steps, or gradient checkpointing, bound the memory.
         global_std: Normalise advantages by the std of the whole batch instead of each group's.
@@ -201,26 +203,6 @@ class _Rollout:
 
 
 # -------------------------------------------------------------------------------------------------- pure helpers
-
-
-def geneval_summary(tags: Sequence[str], correct: Sequence[bool | float]) -> dict[str, float]:
-    """GenEval-style scores: accuracy per tag, and ``overall`` = the mean over tags of the per-tag accuracies.
-
-    Args:
-        tags: The tag of each judged sample.
-        correct: The oracle's all-or-nothing verdict of each sample.
-
-    Returns:
-        ``{tag: accuracy, ..., "overall": mean}`` (tags in sorted order; ``overall`` NaN without samples).
-    """
-    if len(tags) != len(correct):
-        raise ValueError(f"{len(tags)} tags for {len(correct)} verdicts")
-    totals: dict[str, list[float]] = {}
-    for tag, ok in zip(tags, correct):
-        totals.setdefault(tag, []).append(float(ok))
-    out = {tag: sum(v) / len(v) for tag, v in sorted(totals.items())}
-    out["overall"] = sum(out.values()) / len(out) if out else math.nan
-    return out
 
 
 def plot_rl_history(history: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path) -> Path:
@@ -295,8 +277,8 @@ class GeneratorRLTask(L.LightningModule):
         reward: What to maximise: a registered name (``shapes-color``, a toy), ``{kind: reward_model, path: <export
             folder>, best_of_n: 16, top_k: 2, ...}`` (see ``rewarddance.rewards.RewardModelReward``), an import
             path of a reward class or function, or (from Python) any callable ``fn(images, prompts, metadata)``.
-        algorithm: ``refl`` (one gradient step at a late step, reward backpropagated) or ``grpo`` (Flow-GRPO,
-            flow-matching generators only).
+        algorithm: ``refl`` (one gradient step at a late step, reward backpropagated) or ``grpo`` (Flow-GRPO, or
+            DDIM-SDE GRPO for UNets with a DDIM/DDPM scheduler).
         refl: ReFL settings (step window, hinge, scale).
         grpo: GRPO settings (group size, SDE noise, clip range, KL, steps trained).
         lora: LoRA on the denoiser; null fine-tunes it fully.
@@ -322,6 +304,9 @@ class GeneratorRLTask(L.LightningModule):
         optimizer: Optimizer factory; null: AdamW, lr 1e-5, no weight decay.
         lr_scheduler: Learning-rate scheduler factory, stepped every optimizer step; null: none.
         plot: Save ``rl_curves.png`` to the log dir at fit end (needs matplotlib).
+        export: Save the tuned generator to ``<log dir>/export`` at fit end (a diffusers folder, LoRA fused in,
+            the adapter alone in ``export/lora``), loadable by ``load_generator`` and the ``generate`` /
+            ``evaluate`` commands. Single-process runs only: sharded runs export from their checkpoint.
     """
 
     def __init__(
@@ -352,6 +337,7 @@ class GeneratorRLTask(L.LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         plot: bool = True,
+        export: bool = True,
     ) -> None:
         super().__init__()
         if algorithm not in ("refl", "grpo"):
@@ -431,10 +417,11 @@ class GeneratorRLTask(L.LightningModule):
         if self.generator is not None:
             return
         generator = load_generator(self.hparams.generator, **(self.hparams.generator_kwargs or {}))
-        if self.hparams.algorithm == "grpo" and generator.kind == "unet":
+        scheduler = type(generator.scheduler).__name__
+        if self.hparams.algorithm == "grpo" and generator.kind == "unet" and scheduler not in VP_SDE_SCHEDULERS:
             raise ValueError(
-                f"algorithm: grpo is Flow-GRPO and needs a flow-matching generator (sd3, flux, wan-t2v); "
-                f"{self.hparams.generator!r} is a {generator.family} UNet. Use algorithm: refl."
+                f"algorithm: grpo on a UNet ({generator.family}) samples DDIM's SDE and needs a DDIM or DDPM "
+                f"scheduler, not {scheduler}: pass generator_kwargs.pipeline_kwargs.scheduler, or use algorithm: refl."
             )
         if generator.kind == "video" and self.hparams.num_frames is None:
             raise ValueError(f"{generator.family} samples videos: set num_frames (4k + 1 for Wan, e.g. 5)")
@@ -664,7 +651,7 @@ class GeneratorRLTask(L.LightningModule):
             self.reward.prepare(prompts, metadata)
             context = self.adapter.prepare(prompts, **self.sampling_kwargs()).repeat_interleave(group)
             latents = self.adapter.initial_latents(context, rng)
-            trajectory = sample_flow_trajectory(
+            trajectory = sample_trajectory(
                 self.adapter,
                 context,
                 latents,
@@ -957,6 +944,38 @@ class GeneratorRLTask(L.LightningModule):
             path = self.save_plot()
             if path is not None:
                 print(f"[rewarddance] RL curves: {path}")
+        if self.hparams.export:
+            if self.trainer.world_size > 1:
+                rank_zero_warn("export: skipped in a multi-process run; export from the saved checkpoint instead")
+            else:
+                folder = self.export(self._log_dir() / "export")
+                print(f"[rewarddance] tuned generator: {folder}")
+        evals = self.history["eval"]
+        if len(evals["step"]) >= 2:
+            print(
+                f"[rewarddance] oracle (fixed val prompts) step {evals['step'][0]:.0f} -> {evals['step'][-1]:.0f}: "
+                f"geneval {evals['geneval'][0]:.3f} -> {evals['geneval'][-1]:.3f}, parts {evals['parts'][0]:.3f} -> "
+                f"{evals['parts'][-1]:.3f}; reward {evals['reward'][0]:.3f} -> {evals['reward'][-1]:.3f}"
+            )
+
+    def export(self, folder: str | Path) -> Path:
+        """Save the tuned generator as a diffusers folder that ``load_generator`` reads back.
+
+        With LoRA, the adapter is fused into a copy of the denoiser (the folder is a plain pipeline) and also
+        saved alone under ``folder/lora`` (``denoiser.load_lora_adapter`` applies it to the starting model).
+        """
+        generator = self._components()
+        folder = Path(folder)
+        denoiser: torch.nn.Module = self.denoiser
+        if self.lora_settings is not None:
+            denoiser.save_lora_adapter(folder / "lora")
+            denoiser = copy.deepcopy(denoiser)
+            denoiser.fuse_lora()
+            denoiser.unload_lora()
+        pipeline = generator.pipeline
+        attr = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+        type(pipeline)(**{**pipeline.components, attr: denoiser}).save_pretrained(folder)
+        return folder
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rewarddance_rl"] = {"history": self.history, "generator": str(self.hparams.generator)}

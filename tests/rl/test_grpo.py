@@ -1,4 +1,4 @@
-"""Flow-GRPO: the SDE step, advantages, the clipped loss and KL by hand, and the exact ratio-1 recompute."""
+"""GRPO (Flow-GRPO and DDIM-SDE): the SDE steps, advantages, the clipped loss and KL by hand, and the exact ratio-1 recompute."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
 from rewarddance.models.generators import Generator, load_generator
 from rewarddance.rl.denoising import adapter_for
 from rewarddance.rl.grpo import (
+    ddim_sde_mean_std,
     flow_sde_mean_std,
     flow_sde_std,
     flow_sde_step,
@@ -18,7 +20,7 @@ from rewarddance.rl.grpo import (
     group_advantages,
     grpo_loss,
     recompute_step,
-    sample_flow_trajectory,
+    sample_trajectory,
     transition_kl,
 )
 from tests.rl.helpers import PROMPTS, SIDE
@@ -39,6 +41,22 @@ def test_sde_step_by_hand() -> None:
     assert step.log_prob.item() == pytest.approx(-0.5 - math.log(0.25) - 0.5 * math.log(2 * math.pi), abs=1e-6)
     # a -> 0 gives back the Euler ODE step x + v dt = 1 - 0.125.
     assert flow_sde_mean_std(v, x, 0.5, 0.25, 0.0)[0].item() == pytest.approx(0.875)
+
+
+def test_ddim_sde_step_by_hand() -> None:
+    # x = 1, x0 = 0.5, alpha_bar 0.5 -> 0.8, eta = 1:
+    # eps = (1 - sqrt(.5) * .5) / sqrt(.5) = 0.914214; s = sqrt(.2 / .5) * sqrt(1 - .5 / .8) = 0.387298;
+    # mean = sqrt(.8) * .5 + sqrt(1 - .8 - s^2 = .05) * eps = 0.447214 + 0.204424 = 0.651638.
+    eps = (torch.tensor([1.0]) - math.sqrt(0.5) * 0.5) / math.sqrt(0.5)
+    mean, std = ddim_sde_mean_std(torch.tensor([0.5]), eps, 0.5, 0.8, eta=1.0)
+    assert float(std) == pytest.approx(0.387298, abs=1e-6)
+    assert float(mean) == pytest.approx(0.651638, abs=1e-6)
+    # eta = 0 is the deterministic DDIM step: sqrt(.8) * .5 + sqrt(.2) * eps = 0.856063.
+    mean, std = ddim_sde_mean_std(torch.tensor([0.5]), eps, 0.5, 0.8, eta=0.0)
+    assert float(std) == 0.0 and float(mean) == pytest.approx(0.856063, abs=1e-6)
+    # The last step (to alpha_bar = 1) lands on the predicted clean latent, without noise.
+    mean, std = ddim_sde_mean_std(torch.tensor([0.5]), eps, 0.5, 1.0, eta=1.0)
+    assert float(std) == 0.0 and float(mean) == pytest.approx(0.5)
 
 
 def test_sde_std_at_sigma_one_uses_sigma_max() -> None:
@@ -138,15 +156,25 @@ def test_transition_kl_by_hand() -> None:
 # --------------------------------------------------------------------------------------------- tiny generators
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+def _ddim_sd15() -> Generator:
+    generator = load_generator("tiny-sd15")  # own copy: its scheduler is replaced
+    # set_alpha_to_one: DDIM's last step then ends at alpha_bar = 1, as the adapters' schedules do.
+    generator.pipeline.scheduler = DDIMScheduler.from_config(generator.scheduler.config, set_alpha_to_one=True)
+    return generator
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "sd15-ddim"])
 def test_importance_ratio_is_exactly_one_on_the_first_recompute(tiny: Callable[[str], Generator], family: str) -> None:
-    generator = tiny(family)
+    generator = _ddim_sd15() if family == "sd15-ddim" else tiny(family)
     adapter = adapter_for(generator)
     context = adapter.prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=4).repeat_interleave(2)
-    trajectory = sample_flow_trajectory(adapter, context, adapter.initial_latents(context, 0), generator=1)
+    trajectory = sample_trajectory(adapter, context, adapter.initial_latents(context, 0), generator=1)
     assert trajectory.latents.shape[:2] == (4, 5) and trajectory.log_probs.shape == (4, 4)
     assert torch.isfinite(trajectory.log_probs).all()
-    for step in range(context.num_steps):
+    # A UNet's last DDIM step (to the clean latent) has no noise: deterministic, log-prob 0.
+    last_stochastic = family != "sd15-ddim"
+    assert bool(trajectory.stochastic[-1]) == last_stochastic
+    for step in torch.nonzero(trajectory.stochastic).flatten().tolist():
         recomputed = recompute_step(adapter, context, trajectory, step)  # with gradient, as in training
         ratio = torch.exp(recomputed.log_prob - trajectory.log_probs[:, step])
         assert torch.equal(recomputed.log_prob, trajectory.log_probs[:, step]), step
@@ -161,7 +189,7 @@ def test_ratio_moves_after_an_update_and_gradients_reach_the_transformer() -> No
     generator = load_generator("tiny-sd3")  # own copy: its weights change here
     adapter = adapter_for(generator)
     context = adapter.prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=3)
-    trajectory = sample_flow_trajectory(adapter, context, adapter.initial_latents(context, 0), generator=0)
+    trajectory = sample_trajectory(adapter, context, adapter.initial_latents(context, 0), generator=0)
     advantages = torch.tensor([1.0, -1.0])
     optimizer = torch.optim.SGD(generator.denoiser.parameters(), lr=1e-2)
     step = recompute_step(adapter, context, trajectory, 1)
@@ -181,15 +209,23 @@ def test_ode_steps_record_no_log_prob(tiny: Callable[[str], Generator]) -> None:
     adapter = adapter_for(tiny("sd3"))
     context = adapter.prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=3, guidance_scale=1.0)
     noise = adapter.initial_latents(context, 0)
-    trajectory = sample_flow_trajectory(adapter, context, noise, sde_steps=[1], generator=0)
+    trajectory = sample_trajectory(adapter, context, noise, sde_steps=[1], generator=0)
     assert trajectory.stochastic.tolist() == [False, True, False]
     assert trajectory.log_probs[:, 0].tolist() == [0.0, 0.0] and (trajectory.log_probs[:, 1] != 0).all()
     with pytest.raises(ValueError, match="deterministic"):
         recompute_step(adapter, context, trajectory, 0)
     # With no SDE step at all the rollout is the pipeline's Euler sampler.
-    ode = sample_flow_trajectory(adapter, context, noise, sde_steps=[])
+    ode = sample_trajectory(adapter, context, noise, sde_steps=[])
     torch.testing.assert_close(ode.final, adapter.denoise(noise, context, 0, 3), atol=1e-6, rtol=0)
-    sd15 = adapter_for(tiny("sd15"))
-    sd15_context = sd15.prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=2)
-    with pytest.raises(ValueError, match="flow-matching"):
-        sample_flow_trajectory(sd15, sd15_context, sd15.initial_latents(sd15_context, 0))
+    # The DDIM SDE with eta = 0 everywhere is the pipeline's DDIM sampler.
+    ddim = adapter_for(_ddim_sd15())
+    ddim_context = ddim.prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=3)
+    noise = ddim.initial_latents(ddim_context, 0)
+    ode = sample_trajectory(ddim, ddim_context, noise, sde_steps=[])
+    torch.testing.assert_close(ode.final, ddim.denoise(noise, ddim_context, 0, 3), atol=1e-5, rtol=1e-5)
+    # Schedules GRPO cannot sample: PNDM repeats a timestep, Euler-type (SDXL) latents are not VP.
+    for family, message in (("sd15", "repeats a timestep"), ("sdxl", "Euler-type")):
+        other = adapter_for(tiny(family))
+        other_context = other.prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=2)
+        with pytest.raises(ValueError, match=message):
+            sample_trajectory(other, other_context, other.initial_latents(other_context, 0))

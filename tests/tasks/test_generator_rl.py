@@ -16,15 +16,17 @@ from lightning.pytorch.loggers import CSVLogger
 from rewarddance.cli import main
 from rewarddance.data.prompts import PromptDataModule, load_prompts
 from rewarddance.data.shapes import TAGS, geneval_prompts, write_geneval_jsonl
+from rewarddance.models.generators import load_generator
 from rewarddance.rewards import CallableReward, RewardModelReward, ShapesColorReward, build_reward
+from rewarddance.rl.denoising import adapter_for
 from rewarddance.tasks import GenerativeRewardTask, GeneratorRLTask
+from rewarddance.tasks.generator_pretrain import shapes_scheduler
 from rewarddance.tasks.generator_rl import (
     GeneratorLora,
     GRPOSettings,
     NonFiniteError,
     RewardHackingWarning,
     SampleCollapseWarning,
-    geneval_summary,
 )
 
 ROOT = Path(__file__).parents[2]
@@ -114,6 +116,20 @@ def test_refl_trains_the_denoiser_and_nothing_else(tmp_path: Path, prompts_jsonl
         assert not any(p.requires_grad for p in module.parameters())
         assert _unchanged(module, before)
 
+    # The export is a plain pipeline whose denoiser computes what the tuned one does (LoRA fused in).
+    exported = load_generator(Path(trainer.log_dir) / "export")
+    assert exported.family == task.generator.family
+    assert (Path(trainer.log_dir) / "export" / "lora").is_dir() == lora
+    assert not any("lora" in name for name, _ in exported.denoiser.named_parameters())
+    adapter, context = task.adapter, task.adapter.prepare(["a red circle"], height=32, width=32, num_inference_steps=4)
+    latents = adapter.initial_latents(context, 0)
+    with torch.no_grad():
+        tuned = adapter.model_output(latents, 1, context)
+        exported_out = adapter_for(exported).model_output(
+            latents, 1, adapter_for(exported).prepare(["a red circle"], height=32, width=32, num_inference_steps=4)
+        )
+    torch.testing.assert_close(exported_out, tuned, atol=1e-4, rtol=1e-4)
+
 
 def test_pairwise_reward_model_judges_against_cached_best_of_n_references(
     tmp_path: Path, prompts_jsonl: str, pairwise_rm: str
@@ -165,9 +181,19 @@ def test_grpo_first_recompute_ratio_is_exactly_one(tmp_path: Path, prompts_jsonl
     assert float(metrics["train/kl"]) > 0
 
 
-def test_grpo_needs_a_flow_generator():
-    with pytest.raises(ValueError, match="flow-matching"):
+def test_grpo_on_a_unet_samples_ddims_sde(tmp_path: Path, prompts_jsonl: str):
+    with pytest.raises(ValueError, match="DDIM or DDPM scheduler, not PNDMScheduler"):
         GeneratorRLTask(generator="tiny-sd15", algorithm="grpo").configure_model()
+    unet = load_generator("tiny-sd15")
+    unet.pipeline.scheduler = shapes_scheduler()  # the bundled shapes generator's DDIM (v-prediction, zero SNR)
+    unet.save_pretrained(tmp_path / "sd15-ddim")
+    grpo = GRPOSettings(group_size=2, noise_level=1.0, train_steps=2)
+    task = GeneratorRLTask(generator=str(tmp_path / "sd15-ddim"), algorithm="grpo", grpo=grpo, **FAST)
+    trainer = _trainer(tmp_path, steps=1)
+    trainer.fit(task, datamodule=_data(prompts_jsonl))
+    assert torch.equal(task.first_ratio, torch.ones_like(task.first_ratio))
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    assert not bool(task._rollout.trajectory.stochastic[-1])  # the last DDIM step has no noise
 
 
 # --------------------------------------------------------------------------------------------- guard rails
@@ -224,12 +250,6 @@ def test_constant_samples_trigger_the_collapse_warning_in_training(tmp_path: Pat
 
 
 # --------------------------------------------------------------------------------------------- diagnostics
-
-
-def test_geneval_summary_averages_tags_not_samples():
-    # colors 1/2, counting 1/1: overall (0.5 + 1) / 2 = 0.75, while the sample mean would be 2/3.
-    summary = geneval_summary(["colors", "colors", "counting"], [True, False, True])
-    assert summary == {"colors": 0.5, "counting": 1.0, "overall": 0.75}
 
 
 def test_oracle_evaluation_logs_per_tag_scores(tmp_path: Path, prompts_jsonl: str):

@@ -11,7 +11,9 @@ It looks at pixels only, never at scene metadata, so it can judge images from ge
    the threshold sits at 15-45% coverage on anti-aliased edges, and Gaussian noise of std 8
    crosses it on ~1e-5 of pixels. Holes are filled (an outlined white shape on a light
    background can be an outline ring around a faint interior) and 8-connected components
-   smaller than ~30 px (at 64 px) are noise.
+   smaller than ~30 px (at 64 px) are noise. Components covering more than 40% of the image
+   are not objects either (the largest drawn square covers 22%): they are what a background the
+   fit could not find looks like, e.g. the colour noise of an untrained generator.
 3. **Colour.** The median colour of the component's core (pixels >= 3 px from its edge, which
    drops anti-aliased edges and outlines) is matched to the nearest palette colour in RGB.
 4. **Shape.** ``roundness = area / r_max**2``, with ``r_max`` the largest distance from the
@@ -45,6 +47,8 @@ BACKGROUND_INLIER = 30.0
 FOREGROUND_THRESHOLD = 40.0
 MIN_AREA_64 = 30
 """Smallest object area in pixels at 64 px (the smallest drawn triangle, 14.4 px, covers ~100)."""
+MAX_AREA_FRACTION = 0.4
+"""Largest object area as a fraction of the image (the largest drawn square, 30 px, covers 22%)."""
 CORE_DEPTH = 3.0
 ROUNDNESS_CIRCLE = 2.48
 """Between the largest square (2.32) and the circles' 1st percentile (2.64) at 32 px; at 64 px
@@ -189,7 +193,7 @@ def detect(image: Image.Image | np.ndarray, *, min_area: int | None = None) -> l
     for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
         comp = labels[sl] == idx
         area = int(comp.sum())
-        if area < min_area:
+        if area < min_area or area > MAX_AREA_FRACTION * h * w:
             continue
         cx, cy, area_sub, r_max = _subpixel_shape(resid, labels, idx, sl)
         roundness = area_sub / (r_max * r_max)

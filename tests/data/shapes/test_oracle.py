@@ -61,6 +61,17 @@ def test_detect_reports_shape_colour_centroid_area():
     assert detect(np.asarray(img)) == dets  # arrays work like PIL images
 
 
+def test_a_component_covering_most_of_the_image_is_not_an_object():
+    # What an untrained generator draws: colour noise around a purple-grey mean. The background fit fails and the
+    # whole canvas becomes one "square"; it must not satisfy "a square".
+    rng = np.random.default_rng(0)
+    noise = np.clip(rng.normal((145, 128, 144), 40, (64, 64, 3)), 0, 255).astype(np.uint8)
+    assert detect(noise) == []
+    assert not evaluate(noise, make_metadata("single_object", [{"class": "square", "count": 1}]))[0]
+    # The largest square the scenes draw (30 px, 22% of the image) is still found.
+    assert [d.shape for d in detect(_img(SceneObject("square", "red", 32, 32, 30)))] == ["square"]
+
+
 def test_wrong_colour_is_detected():
     meta = make_metadata("colors", [{"class": "circle", "count": 1, "color": "red"}])
     ok, reason = evaluate(_img(SceneObject("circle", "green", 32, 32, 24)), meta)
