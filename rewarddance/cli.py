@@ -14,8 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from jsonargparse import ArgumentParser
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
+from rewarddance.checkpointing import AtomicCheckpointIO
 from rewarddance.commands import COMMANDS, CommandTree
 from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask  # noqa: F401 - short class_path in YAML
@@ -98,6 +102,22 @@ class RewardDanceCLI(LightningCLI):
             "[rewarddance] " + " | ".join(f"{k.split('/')[0]} pairwise accuracy {v:.3f}" for k, v in accuracies.items())
         )
         print(f"[rewarddance] checkpoint: {checkpoint or 'none'}   export: {export or 'none'}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning's default CheckpointIO writes onto the target path, so a kill mid-save leaves a
+        # truncated last.ckpt; AtomicCheckpointIO (rewarddance/checkpointing.py) writes a temporary file
+        # and renames it. Only where the user configured no plugins and the strategy saves through the
+        # default CheckpointIO (single device, DDP); ModelParallelStrategy/FSDP2 write sharded folders.
+        plugins = {**self._get(self.config_init, "trainer", default={}), **kwargs}.get("plugins")
+        strategy = trainer.strategy
+        if (
+            not plugins
+            and type(strategy) in (SingleDeviceStrategy, DDPStrategy)
+            and type(strategy.checkpoint_io) is TorchCheckpointIO
+        ):
+            strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _set_seed(self) -> None:
         if self.config["subcommand"] not in self.project_commands:

@@ -348,7 +348,7 @@ def test_cli_fit_runs_and_writes_the_plot(tmp_path: Path, config: str):
             "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={tmp_path}",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--model.init_args.reward=shapes-color",  # the bundled reward model does not exist yet
+            "--model.init_args.reward=shapes-color",  # a toy reward: no best-of-16 reference sampling in a test
             "--model.init_args.height=32",
             "--model.init_args.width=32",
             "--model.init_args.num_inference_steps=4",
