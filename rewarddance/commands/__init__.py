@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Union
 
 from rewarddance.commands import data
+from rewarddance.commands.export import export
 from rewarddance.commands.generate import evaluate, generate
 from rewarddance.commands.plan import plan
 from rewarddance.commands.score import score
@@ -26,6 +27,7 @@ COMMANDS: CommandTree = {
         "inspect": data.inspect,
     },
     "score": score,
+    "export": export,
     "generate": generate,
     "evaluate": evaluate,
     "plan": plan,

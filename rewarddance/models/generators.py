@@ -202,11 +202,20 @@ def train_tiny_clip_tokenizer(vocab_size: int = 1000, model_max_length: int = 77
     model = json.loads(backend.to_str())["model"]
     # tokenizers serialises merges as pairs (lists); CLIPTokenizer wants tuples.
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    vocab = dict(model["vocab"])
+    trained = dict(model["vocab"])
     # A word's last character starts as "<c></w>"; the trainer only adds those seen at a word end,
     # so add every byte in that form (as OpenAI's vocab has) or e.g. a final "!" would become unk.
-    for char in pre_tokenizers.ByteLevel.alphabet():
-        vocab.setdefault(char + "</w>", len(vocab))
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    for char in alphabet:
+        trained.setdefault(char + "</w>", len(trained))
+    # The trainer numbers tokens in hash order (single characters) and breaks ties between equally frequent
+    # merges differently on every call: number them by (specials, single characters, length, text) instead, so
+    # the same corpus always gives the same ids. (Tied merges never compete for the same pair in this corpus'
+    # tokenizations checked by the tests; a saved pipeline keeps its own vocab and merges anyway.)
+    singles = {*alphabet, *(c + "</w>" for c in alphabet)}
+    specials = [_CLIP_BOS, _CLIP_EOS]
+    ordered = specials + sorted((t for t in trained if t not in specials), key=lambda t: (t not in singles, len(t), t))
+    vocab = {token: i for i, token in enumerate(ordered)}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 

@@ -302,6 +302,13 @@ def test_sample_single_prompt_and_pil_output(tiny: dict[str, Generator]) -> None
 # --------------------------------------------------------------------------------------------
 
 
+def test_tiny_clip_tokenizer_is_the_same_on_every_build() -> None:
+    # The BPE trainer numbers characters in hash order and breaks merge ties at random; the ids must not follow.
+    first, second = train_tiny_clip_tokenizer(), train_tiny_clip_tokenizer()
+    assert first.get_vocab() == second.get_vocab()
+    assert first("a red circle left of two squares!").input_ids == second("a red circle left of two squares!").input_ids
+
+
 def test_tiny_clip_tokenizer_behaves_like_clip() -> None:
     tokenizer = train_tiny_clip_tokenizer()
     ids = tokenizer("A Red circle", padding="max_length", max_length=tokenizer.model_max_length).input_ids
