@@ -16,6 +16,7 @@ from typing import Any
 from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
@@ -23,6 +24,7 @@ from rewarddance.checkpointing import AtomicCheckpointIO
 from rewarddance.commands import COMMANDS, CommandTree
 from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask  # noqa: F401 - short class_path in YAML
+from rewarddance.wandb_resume import WandbRunId, resume_wandb_run
 
 
 def _short_doc(fn: Callable[..., Any]) -> str:
@@ -117,7 +119,18 @@ class RewardDanceCLI(LightningCLI):
             and type(strategy.checkpoint_io) is TorchCheckpointIO
         ):
             strategy.checkpoint_io = AtomicCheckpointIO()
+        # Record the wandb run id in every checkpoint, so `fit --ckpt_path` continues the same run
+        # (before_instantiate_classes, rewarddance/wandb_resume.py).
+        wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if wandb:
+            trainer.callbacks.append(WandbRunId(wandb[0]))
         return trainer
+
+    def before_instantiate_classes(self) -> None:
+        # A resumed fit logs into the wandb run recorded in its checkpoint, not a new one; needs the
+        # parsed config, as the logger's id is an init argument.
+        if self.subcommand == "fit":
+            resume_wandb_run(self.config["fit"])
 
     def _set_seed(self) -> None:
         if self.config["subcommand"] not in self.project_commands:
