@@ -81,6 +81,9 @@ transformer), ``"video"`` (flow-matching video transformer)."""
 Task = Literal["t2i", "t2v", "i2v"]
 """What the pipeline is conditioned on: text to image, text to video, image (+ text) to video."""
 
+SAMPLING_DEFAULTS = "rewarddance_sampling.json"
+"""Optional file in a generator folder: the sampling settings it was made for (see :class:`Generator`)."""
+
 TINY_PREFIX = "tiny-"
 """Prefix that selects a family's tiny offline variant, e.g. ``"tiny-sd3"`` (as in the backbone registry)."""
 
@@ -711,6 +714,9 @@ class Generator:
         task: ``"t2i"``, ``"t2v"`` or ``"i2v"``.
         name_or_path: What was loaded (hub id, folder, or ``"tiny-..."`` name).
         tiny_size: The :class:`TinyGeneratorSize` of a tiny generator, else None.
+        sampling_defaults: ``guidance_scale`` / ``num_inference_steps`` to use when a call leaves them unset,
+            read from the folder's ``rewarddance_sampling.json`` (written by the shapes generator's pretraining:
+            a tiny model wants guidance 2, not the pipeline's 7.5); empty for hub checkpoints.
     """
 
     pipeline: DiffusionPipeline
@@ -719,6 +725,7 @@ class Generator:
     task: Task
     name_or_path: str
     tiny_size: TinyGeneratorSize | None = None
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def spec(self) -> GeneratorSpec:
@@ -929,6 +936,7 @@ def load_generator(
     for module in pipeline.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()
+    defaults_file = Path(target) / SAMPLING_DEFAULTS
     return Generator(
         pipeline=pipeline,
         family=spec.name,
@@ -936,6 +944,7 @@ def load_generator(
         task=spec.task,
         name_or_path=target,
         tiny_size=tiny_size,
+        sampling_defaults=json.loads(defaults_file.read_text()) if defaults_file.is_file() else {},
     )
 
 
@@ -1015,6 +1024,8 @@ def sample(
     pipeline = generator.pipeline
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     kwargs: dict[str, Any] = {"height": height, "width": width, "output_type": output_type, **call_kwargs}
+    num_inference_steps = num_inference_steps or generator.sampling_defaults.get("num_inference_steps")
+    guidance_scale = guidance_scale if guidance_scale is not None else generator.sampling_defaults.get("guidance_scale")
     if num_inference_steps is not None:
         kwargs["num_inference_steps"] = num_inference_steps
     if guidance_scale is not None:

@@ -194,7 +194,7 @@ class PipelineAdapter:
             height: Pixel height.
             width: Pixel width.
             num_inference_steps: As the pipeline's argument (``context.num_steps`` may be one more, see there).
-            guidance_scale: None takes the pipeline's default.
+            guidance_scale: None takes the generator's ``sampling_defaults``, else the pipeline's default.
             num_frames: Frames per video (video families only).
             negative_prompt: Negative prompt(s) for classifier-free guidance.
             max_sequence_length: T5 prompt length; None uses :func:`rewarddance.models.generators.sample`'s rule.
@@ -204,7 +204,9 @@ class PipelineAdapter:
         """
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         if guidance_scale is None:
-            guidance_scale = inspect.signature(self.pipeline.__call__).parameters["guidance_scale"].default
+            guidance_scale = self.generator.sampling_defaults.get(
+                "guidance_scale", inspect.signature(self.pipeline.__call__).parameters["guidance_scale"].default
+            )
         if (num_frames is not None) != (self.generator.kind == "video"):
             raise ValueError(
                 f"{self.generator.family}: num_frames is {'required' if num_frames is None else 'invalid'}"

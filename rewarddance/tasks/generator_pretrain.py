@@ -37,7 +37,7 @@ from torch import Tensor
 
 from rewarddance.data.shapes.geneval import format_report, geneval_report
 from rewarddance.data.shapes.prompts import geneval_prompts
-from rewarddance.models.generators import Generator, load_generator, sample
+from rewarddance.models.generators import SAMPLING_DEFAULTS, Generator, load_generator, sample
 from rewarddance.models.pixels import to_pil_images
 
 DEFAULT_SIZE: dict[str, Any] = {
@@ -270,14 +270,15 @@ class GeneratorPretrainTask(L.LightningModule):
         prompts = geneval_prompts(per_tag, split="val", seed=0)
         n = h.eval_samples_per_prompt
         generator = self.ema_generator()
+        side = {**DEFAULT_SIZE, **(h.size or {})}["image_size"]
         images: list[Any] = []
         for start in range(0, len(prompts), 32):
             chunk = [m["prompt"] for m in prompts[start : start + 32] for _ in range(n)]
             images += sample(
                 generator,
                 chunk,
-                height=h.size.get("image_size", 64) if h.size else DEFAULT_SIZE["image_size"],
-                width=h.size.get("image_size", 64) if h.size else DEFAULT_SIZE["image_size"],
+                height=side,
+                width=side,
                 num_inference_steps=h.num_inference_steps,
                 guidance_scale=h.guidance_scale,
                 seed=start,
@@ -303,6 +304,9 @@ class GeneratorPretrainTask(L.LightningModule):
         final = self.evaluate(h.final_eval_per_tag)
         # float16 on disk halves the bundle; load_generator reads it back as float32 unless asked otherwise.
         self.ema_generator().to(dtype=torch.float16).save_pretrained(out)
+        # What sampling should use unless told otherwise (load_generator reads it): not the pipeline's guidance 7.5.
+        defaults = {"guidance_scale": h.guidance_scale, "num_inference_steps": h.num_inference_steps}
+        (out / SAMPLING_DEFAULTS).write_text(json.dumps(defaults, indent=2) + "\n")
         record = {
             "command": h.run_command,
             "hyperparameters": dict(h),

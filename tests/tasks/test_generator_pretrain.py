@@ -87,6 +87,8 @@ def test_fit_config_exports_a_pipeline_that_loads_like_a_hub_one(tmp_path: Path)
     assert [h["step"] for h in record["history"] if "oracle/geneval" in h] == [3.0, 4.0, 4.0]  # every step, then final
     generator = load_generator(export)
     assert generator.family == "sd15" and generator.dtype == torch.float32  # float16 on disk
+    # The sampling settings it was evaluated with travel with it (not the pipeline's guidance 7.5).
+    assert generator.sampling_defaults == {"guidance_scale": 2.0, "num_inference_steps": 2}
     scheduler = generator.pipeline.scheduler.config
     assert scheduler.prediction_type == "v_prediction" and scheduler.rescale_betas_zero_snr
     assert generator.vae.config.scaling_factor == pytest.approx(record["history"][0]["vae/latent_scale"])
