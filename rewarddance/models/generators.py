@@ -926,8 +926,9 @@ def load_generator(
         if tiny_overrides:
             raise ValueError(f"{sorted(tiny_overrides)} only apply to tiny generators ('{TINY_PREFIX}<family>').")
         kwargs: dict[str, Any] = {**spec.load_kwargs, **(pipeline_kwargs or {})}
-        if torch_dtype is not None:
-            kwargs[DTYPE_KWARG] = torch_dtype
+        # Always name the dtype: without one, diffusers' models load as float32 but transformers' text encoders
+        # keep the stored dtype, so a float16 folder would come back half float16, half float32.
+        kwargs[DTYPE_KWARG] = torch_dtype or torch.float32
         if revision is not None:
             kwargs["revision"] = revision
         # The family's own class rather than DiffusionPipeline: same loading code, but a folder
