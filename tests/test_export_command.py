@@ -17,12 +17,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,6 +37,7 @@ from rewarddance.data.stream import iter_tar_samples, resolve_shards
 from rewarddance.models import LoraSettings, load_backbone
 from rewarddance.reward_model import RewardModel
 from rewarddance.tasks import GenerativeRewardTask
+from tests.processes import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180  # the 2-process fit takes ~12 s here (mostly imports); the margin is for a busier machine
@@ -113,27 +110,8 @@ def _fsdp_fit(root: Path) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "rewarddance", "fit", "--config", "configs/quickstart.yaml"]
     cmd += ["--config", str(root / "tiny.yaml"), "--trainer", "configs/trainer/fsdp.yaml"]
     cmd += ["--trainer.accelerator=cpu", "--trainer.devices=2"]  # the fragment asks for GPUs
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("LOCAL_RANK", None)  # never inherit a rank: Lightning's launcher sets it for rank 1
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: rank 1 dies with it
-    )
-    try:
-        stdout, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, _ = proc.communicate()
-        pytest.fail(f"The 2-process fit did not finish in {TIMEOUT_S} s (deadlock?); output:\n{stdout[-4000:]}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, stdout
+    proc = run_group(cmd, cwd=ROOT, timeout=TIMEOUT_S, what="The 2-process fit", env={"OMP_NUM_THREADS": "1"})
+    return proc.returncode, proc.stdout
 
 
 @pytest.mark.timeout(TIMEOUT_S + 60)

@@ -6,10 +6,7 @@ Unequal batch counts across ranks deadlock DDP, and a deadlocked Lightning run i
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -22,33 +19,15 @@ try:  # tests/ is a package here; the fallback keeps the file runnable if it sto
 except ImportError:
     from streamkit import write_dataset  # type: ignore[no-redef]
 
+from tests.processes import run_group
+
 SCRIPT = Path(__file__).with_name("streamkit.py")
 TIMEOUT_S = 90
 
 
 def run_ddp(data: Path, out: Path, even_out: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("LOCAL_RANK", None)  # never inherit a rank: Lightning's launcher sets it for rank 1
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "ddp", str(data), str(out), even_out],
-        cwd=out,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: rank 1 and the workers die with it
-    )
-    try:
-        stdout, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, _ = proc.communicate()
-        pytest.fail(f"DDP run did not finish in {TIMEOUT_S} s (deadlock?); output:\n{stdout[-4000:]}")
-    finally:
-        # Whatever happened, leave no rank or worker behind.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout)
+    cmd = [sys.executable, str(SCRIPT), "ddp", str(data), str(out), even_out]
+    return run_group(cmd, cwd=out, timeout=TIMEOUT_S, what="DDP run")
 
 
 @pytest.mark.timeout(TIMEOUT_S + 30)

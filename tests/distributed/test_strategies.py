@@ -28,12 +28,8 @@ SIGTERM (ENV.md), so the launch runs in its own process group and is SIGKILLed o
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +41,7 @@ from rewarddance.data.schema import Sample, decode_sample
 from rewarddance.data.shapes import build_split
 from rewarddance.data.stream import iter_tar_samples, resolve_shards
 from rewarddance.reward_model import RewardModel
+from tests.processes import run_group
 
 try:  # tests/ is a package here; the fallback keeps the file runnable if it stops being one
     from .strategykit import CLIP, FAMILIES, SCENARIOS, make_task, task_loss
@@ -66,26 +63,9 @@ def launch(tmp_path_factory) -> dict[str, Any]:
     build_split(data, "train", samples=SAMPLES, seed=0, kinds=("pair",), references=0, noise=0.0, progress=False)
     out = root / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("LOCAL_RANK", None)  # never inherit a rank: Lightning's launcher sets it for rank 1
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(data), str(out), *SCENARIOS, "families"],
-        cwd=out,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: rank 1 dies with it
-    )
-    try:
-        stdout, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, _ = proc.communicate()
-        pytest.fail(f"The 2-process run did not finish in {TIMEOUT_S} s (deadlock?); output:\n{stdout[-4000:]}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    cmd = [sys.executable, str(SCRIPT), str(data), str(out), *SCENARIOS, "families"]
+    proc = run_group(cmd, cwd=out, timeout=TIMEOUT_S, what="The 2-process run", env={"OMP_NUM_THREADS": "1"})
+    stdout = proc.stdout
     assert proc.returncode == 0, _failure(stdout)
     records = {name: [json.loads((out / f"{name}-rank{r}.json").read_text()) for r in range(2)] for name in SCENARIOS}
     families = [json.loads((out / f"families-rank{r}.json").read_text()) for r in range(2)]
