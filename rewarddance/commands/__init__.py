@@ -23,6 +23,7 @@ COMMANDS: CommandTree = {
     "data": {
         "__doc__": "Build, import and inspect rewarddance shards.",
         "shapes": data.shapes,
+        "generated": data.generated,
         "import": import_dataset,
         "inspect": data.inspect,
     },

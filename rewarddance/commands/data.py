@@ -51,6 +51,55 @@ def shapes(
     return summary
 
 
+def generated(
+    generator: str,
+    out: str,
+    split: Split = "train",
+    per_tag: int = 50,
+    samples_per_prompt: int = 4,
+    rounds: int = 1,
+    max_pairs: int = 2,
+    tags: list[str] | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    size: int = 64,
+    seed: int = 0,
+    shard_size: int = 1000,
+) -> dict:
+    """Preference pairs of a generator's own samples on shapes prompts, judged by the pixel oracle.
+
+    Each prompt's samples are judged; a correct one is paired with an incorrect one (order random, the oracle's
+    verdicts as the rationale), in the schema of the rendered pairs, so the shards train a reward model alone or
+    next to them (a list of folders in the DataModule's ``train``).
+
+    Args:
+        generator: Generator name or folder, e.g. data/generators/shapes-t2i.
+        out: Output folder for the shards and manifest.json.
+        split: Split whose prompts are sampled (train for training data, test-id for held-out evaluation).
+        per_tag: Distinct prompts per GenEval tag (tags with fewer distinct prompts give fewer).
+        samples_per_prompt: Samples per prompt and round.
+        rounds: Passes over the prompts with new seeds.
+        max_pairs: Pairs made per prompt and round.
+        tags: GenEval tags to draw prompts from (default: all six).
+        steps: Sampling steps; null: the generator folder's defaults.
+        guidance_scale: Guidance; null: the generator folder's defaults.
+        size: Image side in pixels.
+        seed: Seed of the sampling noise and the pairing.
+        shard_size: Samples per shard.
+    """
+    from rewarddance.data.shapes import TAGS
+    from rewarddance.data.shapes.generated import build_generated_pairs
+
+    summary = build_generated_pairs(
+        generator, out, split=split, per_tag=per_tag, samples_per_prompt=samples_per_prompt, rounds=rounds,
+        max_pairs=max_pairs, tags=tuple(tags or TAGS), steps=steps, guidance_scale=guidance_scale, size=size, seed=seed,
+        shard_size=shard_size,
+    )  # fmt: skip
+    accuracy = ", ".join(f"{tag} {value:.2f}" for tag, value in sorted(summary["oracle_accuracy"].items()))
+    print(f"wrote {summary['total']} pairs from {summary['images']} samples to {out}; oracle accuracy: {accuracy}")
+    return summary
+
+
 def inspect(source: str, /) -> object:
     """Print counts, label balance, ties, categories and one decoded sample of a shard set.
 

@@ -36,7 +36,7 @@ from rewarddance.rl.reference import (
     select_references,
     win_counts,
 )
-from rewarddance.rl.refl import ReFLState, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
+from rewarddance.rl.refl import ReFLState, anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
 from rewarddance.rl.schedules import flow_renoise, predict_x0_ddpm, predict_x0_flow, vp_renoise
 from rewarddance.rl.search import PathSearchResult, search_over_paths
 
@@ -53,6 +53,7 @@ __all__ = [
     "SDEStep",
     "Trajectory",
     "adapter_for",
+    "anchor_loss",
     "ddim_sde_mean_std",
     "default_sde_steps",
     "detect_reward_hacking",

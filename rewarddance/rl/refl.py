@@ -12,6 +12,10 @@ One ReFL update, for a batch of prompts:
 
 With RewardDance's pairwise reward model the reward is :math:`P(\text{yes})` that the candidate beats a reference
 image chosen by best-of-N (:mod:`rewarddance.rl.reference`).
+
+ImageReward regularises ReFL with the pretraining loss on real data, because the reward alone drifts into images
+it misjudges. :func:`anchor_loss` is that denoising loss on any clean latents; the task uses the best-of-N
+references themselves as the data (the starting model's own best samples, free once chosen).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rewarddance.models.generators import Generator
@@ -30,6 +35,7 @@ from rewarddance.rl.schedules import predict_x0_ddpm, predict_x0_flow
 
 __all__ = [
     "ReFLState",
+    "anchor_loss",
     "predict_x0_ddpm",
     "predict_x0_flow",
     "refl_loss",
@@ -184,3 +190,29 @@ def refl_predict_x0(state: ReFLState) -> Tensor:
     """
     output = state.adapter.model_output(state.latents, state.step, state.context)
     return state.adapter.predict_x0(output, state.latents, state.step, state.context)
+
+
+def anchor_loss(
+    adapter: PipelineAdapter, context: DenoisingContext, x0: Tensor, step: int, generator: RandomSource = None
+) -> Tensor:
+    r"""The denoising loss on clean latents: noise ``x0`` to step ``step``, predict it back, mean squared error.
+
+    :math:`\lVert \hat x_0(x_k, k) - x_0 \rVert^2` with :math:`x_k` drawn from the family's exact forward process
+    (:meth:`PipelineAdapter.renoise`), written in :math:`x_0` so that one loss serves every parametrisation
+    (epsilon, v, flow velocity): it is the native loss reweighted per step (for v-prediction by
+    :math:`1 - \bar\alpha_k`). Pass a context prepared without guidance (``guidance_scale=1``): the conditional
+    denoiser is what pretraining trained.
+
+    Args:
+        adapter: The generator's adapter.
+        context: Prompt embeddings and schedule for the ``x0`` batch (one row per latent).
+        x0: Clean latents ``[B, ...]`` as the sampler produces them (before decoding).
+        step: Schedule step index to noise to (0: pure noise).
+        generator: Seed or ``torch.Generator`` of the noise.
+
+    Returns:
+        The scalar loss, differentiable in the denoiser.
+    """
+    noisy = adapter.renoise(x0, context, context.num_steps, step, generator)
+    x0_hat = adapter.predict_x0(adapter.model_output(noisy, step, context), noisy, step, context)
+    return F.mse_loss(x0_hat.float(), x0.float())

@@ -61,7 +61,7 @@ from rewarddance.rl.grpo import (
     sample_trajectory,
     transition_kl,
 )
-from rewarddance.rl.refl import refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
+from rewarddance.rl.refl import anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
 
 __all__ = [
     "DENOISER_LORA_TARGETS",
@@ -136,12 +136,19 @@ class ReFLSettings:
         hinge: null maximises the reward (RewardDance); a number lambda minimises ReLU(lambda - reward)
             (ImageReward's loss: samples above lambda stop pulling).
         scale: Multiplies the loss (ImageReward's grad_scale, 1e-3 on its z-scored reward).
+        anchor_weight: Weight of the denoising loss on the best-of-N references (0: off). ImageReward adds the
+            pretraining loss on real data to ReFL because the reward alone drifts into images it misjudges;
+            here the data are the starting model's own best samples, which the pairwise reward model has
+            already chosen (needs a reward with references).
+        anchor_steps: Step window ``[first, last]`` the anchor loss noises to; null: the whole schedule.
     """
 
     t_min: int | None = None
     t_max: int | None = None
     hinge: float | None = None
     scale: float = 1.0
+    anchor_weight: float = 0.0
+    anchor_steps: list[int] | None = None
 
     def window(self, num_inference_steps: int) -> tuple[int, int]:
         """``(t_min, t_max)`` with the defaults filled in for a schedule of ``num_inference_steps``."""
@@ -370,6 +377,7 @@ class GeneratorRLTask(L.LightningModule):
         self._starting_denoiser: torch.nn.Module | None = None
         self._rollout: _Rollout | None = None
         self._eval_items: list[PromptItem] | None = None
+        self._candidate_latents: dict[str, Tensor] = {}  # per prompt: clean latents of the reference candidates
         self._collapsed = False
         self._hacking = False
         self._last_eval_step = -1
@@ -399,6 +407,15 @@ class GeneratorRLTask(L.LightningModule):
             t_min, t_max = self.refl_settings.window(steps)
             if not 0 <= t_min <= t_max < steps:
                 raise ValueError(f"ReFL needs 0 <= t_min <= t_max < num_inference_steps, got {t_min}, {t_max}, {steps}")
+            refl = self.refl_settings
+            if refl.anchor_weight < 0:
+                raise ValueError(f"refl.anchor_weight must be >= 0, got {refl.anchor_weight}")
+            if refl.anchor_steps is not None:
+                first, last = refl.anchor_steps
+                if not 0 <= first <= last < steps:
+                    raise ValueError(
+                        f"refl.anchor_steps must be [first, last] within [0, {steps - 1}], got {refl.anchor_steps}"
+                    )
         else:
             grpo = self.grpo_settings
             if grpo.group_size < 2:
@@ -446,6 +463,11 @@ class GeneratorRLTask(L.LightningModule):
         reward = build_reward(self.reward_spec)
         reward.setup(sampler=self.sample_starting_model)
         self.reward = reward
+        if self.hparams.algorithm == "refl" and self.refl_settings.anchor_weight > 0 and not reward.needs_references:
+            raise ValueError(
+                f"refl.anchor_weight trains on the best-of-N references, and {reward!r} chooses none: use a pairwise "
+                "reward model, or set anchor_weight: 0."
+            )
         grpo_kl = self.hparams.algorithm == "grpo" and self.grpo_settings.kl_coef > 0
         if lora is None and (reward.needs_references or grpo_kl):
             # Full fine-tuning changes the weights themselves: keep the starting model for references / the KL.
@@ -539,17 +561,40 @@ class GeneratorRLTask(L.LightningModule):
             ``[len(prompts) * samples_per_prompt, 3, H, W]`` (videos ``[.., T, 3, H, W]``) in [0, 1], each
             prompt's samples in a row.
         """
+        latents, context = self._sample_latents(prompts, samples_per_prompt, seed)
+        return self.adapter.decode(latents, context)  # type: ignore[union-attr]
+
+    @torch.no_grad()
+    def _sample_latents(
+        self, prompts: Sequence[str], samples_per_prompt: int, seed: int
+    ) -> tuple[Tensor, DenoisingContext]:
         self._components()
         assert self.adapter is not None
         context = self.adapter.prepare(list(prompts), **self.sampling_kwargs()).repeat_interleave(samples_per_prompt)
         latents = self.adapter.initial_latents(context, seed)
-        latents = self.adapter.denoise(latents, context, 0, context.num_steps, seed + 1)
-        return self.adapter.decode(latents, context)
+        return self.adapter.denoise(latents, context, 0, context.num_steps, seed + 1), context
 
     def sample_starting_model(self, prompt: str, n: int, seed: int) -> Tensor:
         """``n`` samples of the starting model for one prompt: the candidates of best-of-N references."""
         with torch.no_grad(), self.starting_policy(), self._precision():
-            return self.generate([prompt], samples_per_prompt=n, seed=seed)
+            latents, context = self._sample_latents([prompt], n, seed)
+            if self.hparams.algorithm == "refl" and self.refl_settings.anchor_weight > 0:
+                self._candidate_latents[prompt] = latents.detach().cpu()  # trimmed to the chosen ones on first use
+            return self.adapter.decode(latents, context)  # type: ignore[union-attr]
+
+    def reference_latents(self, prompts: Sequence[str]) -> Tensor:
+        """Clean latents of each prompt's references (``[len(prompts) * top_k, ...]``), for the anchor loss."""
+        assert self.reward is not None
+        rows = []
+        for prompt in prompts:
+            selection = self.reward.references(prompt)  # type: ignore[attr-defined]
+            latents = self._candidate_latents.get(prompt)
+            if latents is None:
+                raise RuntimeError(f"No latents kept for the references of {prompt!r} (chosen before this run?)")
+            if latents.shape[0] != selection.indices.numel():
+                latents = self._candidate_latents[prompt] = latents[selection.indices.cpu()]
+            rows.append(latents)
+        return torch.cat(rows).to(self.device)
 
     def _precision(self) -> contextlib.AbstractContextManager[Any]:
         # Hooks outside training_step run without the precision plugin's autocast; mixed-dtype parts need it.
@@ -582,11 +627,27 @@ class GeneratorRLTask(L.LightningModule):
         rewards = self.reward(images, prompts, metadata)
         self._check_finite("reward", rewards)
         loss = refl_loss(rewards, scale=settings.scale, hinge=settings.hinge)
+        if settings.anchor_weight > 0:
+            anchor = self.anchor_step(prompts, rng)
+            self.log("train/anchor_loss", anchor.detach(), batch_size=len(prompts))
+            loss = loss + settings.anchor_weight * anchor
         self._check_finite("loss", loss)
         self._record_rewards(rewards, images, len(prompts))
         self.log("train/refl_step", float(step), batch_size=len(prompts))
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(prompts))
         return loss
+
+    def anchor_step(self, prompts: list[str], rng: torch.Generator) -> Tensor:
+        """The denoising loss on the prompts' best-of-N references at a random step (``refl.anchor_weight``)."""
+        assert self.adapter is not None and self.reward is not None
+        x0 = self.reference_latents(prompts)
+        k = x0.shape[0] // len(prompts)
+        # The conditional model without guidance: what pretraining trained.
+        kwargs = {**self.sampling_kwargs(), "guidance_scale": 1.0}
+        context = self.adapter.prepare(prompts, **kwargs).repeat_interleave(k)
+        first, last = self.refl_settings.anchor_steps or (0, context.num_steps - 1)
+        step = int(torch.randint(first, last + 1, (), generator=rng))
+        return anchor_loss(self.adapter, context, x0, step, rng)
 
     def grpo_step(self, prompts: list[str], metadata: list[dict[str, Any]]) -> Tensor:
         """One GRPO update's loss on fresh (or reused) rollouts of the batch's prompts."""

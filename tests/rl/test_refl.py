@@ -10,7 +10,8 @@ import torch
 from diffusers import DDIMScheduler
 
 from rewarddance.models.generators import Generator, _max_sequence_length, load_generator
-from rewarddance.rl.refl import refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
+from rewarddance.rl.denoising import adapter_for
+from rewarddance.rl.refl import anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
 from tests.rl.helpers import PROMPTS, SIDE
 
 # --------------------------------------------------------------------------------------------- window
@@ -119,3 +120,43 @@ def test_refl_state_fields(tiny: Callable[[str], Generator]) -> None:
     assert state.context.embeds["encoder_hidden_states"].shape[0] == 2 and state.context.do_cfg
     with pytest.raises(ValueError, match="step"):
         refl_step_latents(tiny("sd3"), PROMPTS, 3, height=SIDE, width=SIDE, num_inference_steps=3)
+
+
+# --------------------------------------------------------------------------------------------- anchor loss
+
+
+@pytest.mark.parametrize("family", ["sd15-v", "sd3"])
+def test_anchor_loss_is_the_native_training_loss_reweighted(tiny: Callable[[str], Generator], family: str) -> None:
+    # The x0-space loss equals the loss each family is pretrained with, on the same noise, times the step's weight:
+    # v-prediction (diffusers' add_noise / get_velocity): (1 - alpha_bar) * |v_hat - v|^2; rectified flow (SD3):
+    # sigma^2 * |v_hat - (noise - x0)|^2.
+    if family == "sd15-v":
+        generator = load_generator("tiny-sd15")
+        generator.pipeline.scheduler = DDIMScheduler.from_config(
+            generator.pipeline.scheduler.config, prediction_type="v_prediction", clip_sample=False
+        )
+    else:
+        generator = tiny(family)
+    adapter = adapter_for(generator)
+    context = adapter.prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=5, guidance_scale=1.0)
+    assert not context.do_cfg
+    x0 = adapter.initial_latents(context, 1).float()  # any clean latents of the right shape
+    step = 2
+    loss = anchor_loss(adapter, context, x0, step, 9)
+
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        if family == "sd15-v":
+            scheduler, t = generator.pipeline.scheduler, context.timesteps[step]
+            noisy = scheduler.add_noise(x0, noise, t.view(1))
+            target = scheduler.get_velocity(x0, noise, t.view(1))
+            weight = 1 - scheduler.alphas_cumprod[int(t)]
+        else:
+            sigma = context.sigmas[step]
+            noisy, target, weight = (1 - sigma) * x0 + sigma * noise, noise - x0, sigma**2
+        native = torch.nn.functional.mse_loss(adapter.model_output(noisy, step, context).float(), target)
+    torch.testing.assert_close(loss.detach(), weight * native, atol=1e-6, rtol=1e-4)
+
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.denoiser.parameters())
+    generator.denoiser.zero_grad(set_to_none=True)

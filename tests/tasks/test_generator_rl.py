@@ -160,6 +160,34 @@ def test_pairwise_reward_model_judges_against_cached_best_of_n_references(
     assert not any(p.requires_grad for p in rm.model.backbone.model.parameters())
 
 
+def test_refl_anchor_trains_on_the_latents_of_the_chosen_references(
+    tmp_path: Path, prompts_jsonl: str, pairwise_rm: str
+):
+    reward = {"kind": "reward_model", "path": pairwise_rm, "best_of_n": 4, "top_k": 2}
+    task = GeneratorRLTask(reward=reward, refl={"anchor_weight": 1.0}, optimizer=_adamw(1e-3), **FAST)
+    trainer = _trainer(tmp_path, steps=2)
+    trainer.fit(task, datamodule=_data(prompts_jsonl))
+
+    anchor = float(trainer.callback_metrics["train/anchor_loss"])
+    assert math.isfinite(anchor) and anchor > 0
+    for prompt in [item["prompt"] for item in load_prompts(prompts_jsonl)]:
+        latents = task.reference_latents([prompt])
+        assert latents.shape[0] == 2  # the top-2 of the 4 candidates, trimmed
+        # The kept latents are those of the chosen references: the starting model's decoder gives their images.
+        with torch.no_grad(), task.starting_policy():
+            context = task.adapter.prepare([prompt], **task.sampling_kwargs()).repeat_interleave(2)
+            decoded = task.adapter.decode(latents, context)
+        torch.testing.assert_close(decoded, task.reward.cache.get(prompt).references, atol=1e-5, rtol=1e-5)
+
+
+def test_refl_anchor_needs_a_reward_with_references():
+    task = GeneratorRLTask(reward="shapes-color", refl={"anchor_weight": 1.0}, **FAST)
+    with pytest.raises(ValueError, match="anchor_weight"):
+        task.configure_model()
+    with pytest.raises(ValueError, match="anchor_steps"):
+        GeneratorRLTask(refl={"anchor_weight": 1.0, "anchor_steps": [2, 9]}, **FAST)
+
+
 # --------------------------------------------------------------------------------------------- GRPO
 
 
@@ -354,6 +382,7 @@ def test_cli_fit_runs_and_writes_the_plot(tmp_path: Path, config: str):
             "--model.init_args.num_inference_steps=4",
             "--model.init_args.refl.t_min=2",
             "--model.init_args.refl.t_max=3",
+            "--model.init_args.refl.anchor_weight=0",  # the anchor trains on references, which the toy has none of
             "--model.init_args.grpo.train_steps=1",
             "--data.init_args.val_per_tag=1",
             "--data.init_args.batch_size=2",
