@@ -130,6 +130,7 @@ class GeneratorPretrainTask(L.LightningModule):
         self._latent_sq: list[float] = []
         self._start = time.monotonic()
         self.history: list[dict[str, float]] = []
+        self._batch_metadata: list[dict[str, Any]] = []  # the current batch's prompts, for the VAE's oracle check
 
     # -- model ------------------------------------------------------------------------------------------
 
