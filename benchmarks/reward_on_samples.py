@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--prompts", default="shapes:train", help="prompt source (shapes:<split>, JSONL, shards)")
     parser.add_argument("--per-tag", type=int, default=4)
     parser.add_argument("--n", type=int, default=16, help="samples per prompt")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rewards = args.reward or ["data/reward_models/shapes-rm-pairwise"]
@@ -55,7 +56,9 @@ def main() -> None:
     started = time.perf_counter()
     groups = []
     for i, item in enumerate(items):
-        images = sample(generator, [item["prompt"]] * args.n, height=64, width=64, seed=args.seed * 100_003 + i)
+        images = sample(
+            generator, [item["prompt"]] * args.n, height=args.size, width=args.size, seed=args.seed * 100_003 + i
+        )
         correct = torch.tensor([evaluate(img, item["metadata"])[0] for img in to_pil_images(images)])
         groups.append((item, images, correct))
     print(f"sampled {len(items)} prompts x {args.n} in {time.perf_counter() - started:.0f} s ({args.prompts})")
