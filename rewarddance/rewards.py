@@ -13,6 +13,8 @@ so it must be differentiable with respect to ``images``; GRPO only reads its val
   the pixels. It knows nothing about shapes, counts or positions, so maximising it hacks the oracle by design
   (fill the canvas with red): a demonstration of the hacking diagnostics, a stand-in for tests, and an example of
   a metadata-aware reward. Not a model of preference.
+- :class:`ShapesOracleReward` (``shapes-oracle``): the pixel oracle itself, the ground truth of the shapes world.
+  Not differentiable (GRPO and best-of-N only): the ceiling a learned reward model is measured against.
 - Any callable ``fn(images, prompts, metadata)`` (or ``fn(images, prompts)``), wrapped by :class:`CallableReward`.
 
 :func:`build_reward` turns what a config says into a :class:`Reward`: a registered name (``"shapes-color"``), a
@@ -45,6 +47,7 @@ __all__ = [
     "RewardModelReward",
     "RewardSpec",
     "ShapesColorReward",
+    "ShapesOracleReward",
     "build_reward",
     "register_reward",
 ]
@@ -69,6 +72,9 @@ class Reward:
     def needs_references(self) -> bool:
         """Whether the reward samples the starting generator (pairwise references); valid after :meth:`setup`."""
         return False
+
+    differentiable: bool = True
+    """Whether gradients flow from the reward to ``images`` (ReFL needs them; GRPO reads values only)."""
 
     def to(self, device: torch.device | str) -> Reward:
         """Move weights to ``device``; returns self."""
@@ -242,6 +248,41 @@ class ShapesColorReward(Reward):
 
     def __repr__(self) -> str:
         return f"ShapesColorReward(sigma={self.sigma}, coverage={self.coverage})"
+
+
+@register_reward("shapes-oracle")
+class ShapesOracleReward(Reward):
+    """The shapes world's pixel oracle as a reward: GenEval's verdict, or its per-part score, of each image.
+
+    The ground truth the learned reward models are measured against, so RL against it is the ceiling of what a
+    reward model could give in a run's budget. Not differentiable (it detects blobs in the pixels): GRPO and
+    best-of-N only; ReFL refuses it.
+
+    Args:
+        score: ``overall`` (1 iff the image matches the prompt, GenEval's all-or-nothing score) or ``mean`` (the
+            mean of the constrained parts: colours, count, shape, position; a denser signal).
+    """
+
+    differentiable = False
+
+    def __init__(self, score: Literal["overall", "mean"] = "mean") -> None:
+        if score not in ("overall", "mean"):
+            raise ValueError(f"score must be 'overall' or 'mean', got {score!r}")
+        self.score = score
+
+    def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> Tensor:
+        from rewarddance.data.shapes.oracle import evaluate_parts  # numpy/scipy detection, loaded on use
+
+        if images.ndim != 4:
+            raise ValueError(f"shapes-oracle judges images [B, 3, H, W], got shape {tuple(images.shape)}")
+        if len(metadata) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(metadata)} metadata entries")
+        pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        scores = [evaluate_parts(image.numpy(), dict(meta))[self.score] for image, meta in zip(pixels, metadata)]
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+    def __repr__(self) -> str:
+        return f"ShapesOracleReward(score={self.score!r})"
 
 
 # --------------------------------------------------------------------------------------------------- reward model

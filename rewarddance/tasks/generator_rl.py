@@ -463,6 +463,11 @@ class GeneratorRLTask(L.LightningModule):
         reward = build_reward(self.reward_spec)
         reward.setup(sampler=self.sample_starting_model)
         self.reward = reward
+        if self.hparams.algorithm == "refl" and not reward.differentiable:
+            raise ValueError(
+                f"algorithm: refl backpropagates the reward into the generator, and {reward!r} is not "
+                "differentiable: use algorithm: grpo."
+            )
         if self.hparams.algorithm == "refl" and self.refl_settings.anchor_weight > 0 and not reward.needs_references:
             raise ValueError(
                 f"refl.anchor_weight trains on the best-of-N references, and {reward!r} chooses none: use a pairwise "

@@ -17,7 +17,13 @@ from rewarddance.cli import main
 from rewarddance.data.prompts import PromptDataModule, load_prompts
 from rewarddance.data.shapes import TAGS, geneval_prompts, write_geneval_jsonl
 from rewarddance.models.generators import load_generator
-from rewarddance.rewards import CallableReward, RewardModelReward, ShapesColorReward, build_reward
+from rewarddance.rewards import (
+    CallableReward,
+    RewardModelReward,
+    ShapesColorReward,
+    ShapesOracleReward,
+    build_reward,
+)
 from rewarddance.rl.denoising import adapter_for
 from rewarddance.tasks import GenerativeRewardTask, GeneratorRLTask
 from rewarddance.tasks.generator_pretrain import shapes_scheduler
@@ -344,6 +350,35 @@ def test_toy_colour_reward_prefers_the_named_colour_and_has_gradients():
     assert reward(video, ["a circle"] * 2, [{"tag": "single_object", "include": [{"class": "circle"}]}] * 2).shape == (
         2,
     )
+
+
+def test_oracle_reward_is_the_oracles_verdict_and_refl_refuses_it(tmp_path: Path, prompts_jsonl: str):
+    import numpy as np
+
+    from rewarddance.data.shapes import evaluate_parts, render, sample_prompt, sample_scene, sample_violating_scene
+
+    rng = np.random.default_rng(0)
+    metadata = [sample_prompt(tag, rng) for tag in ("counting", "position", "color_attr")]
+    scenes = [sample_scene(m, rng) for m in metadata] + [sample_violating_scene(m, rng)[0] for m in metadata]
+    pixels = [np.array(render(scene, rng)) for scene in scenes]
+    images = torch.stack([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in pixels])
+    metadata = metadata * 2
+    for score in ("overall", "mean"):
+        rewards = build_reward({"kind": "shapes-oracle", "score": score})(images, [""] * 6, metadata)
+        expected = torch.tensor([evaluate_parts(p, m)[score] for p, m in zip(pixels, metadata)])
+        torch.testing.assert_close(rewards, expected)
+    overall = ShapesOracleReward("overall")(images, [""] * 6, metadata)
+    assert overall[:3].mean() > overall[3:].mean()  # matching scenes beat their violations (the oracle is ~100%)
+    with pytest.raises(ValueError, match="overall"):
+        ShapesOracleReward("median")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not differentiable"):
+        GeneratorRLTask(reward="shapes-oracle", **FAST).configure_model()
+    # GRPO reads values only: the oracle drives it through the prompts' metadata.
+    task = GeneratorRLTask(reward="shapes-oracle", algorithm="grpo", grpo=GRPOSettings(group_size=2), **FAST)
+    trainer = _trainer(tmp_path, steps=1)
+    trainer.fit(task, datamodule=_data(prompts_jsonl))
+    assert 0 <= float(trainer.callback_metrics["train/reward"]) <= 1
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
 
 
 def test_prompt_sources_give_prompts_with_their_metadata(prompts_jsonl: str):
