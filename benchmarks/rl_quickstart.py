@@ -84,8 +84,8 @@ def main() -> None:
             settings[key] = yaml.safe_load(value)
     with tempfile.TemporaryDirectory() as tmp:
         root = (args.keep or Path(tmp)).resolve()
+        before = evaluate(settings["generator"], settings, args.per_tag, args.samples)  # fails fast, not after RL
         tuned, wall = fit(args.config, args.minutes, root, args.extra)
-        before = evaluate(settings["generator"], settings, args.per_tag, args.samples)
         after = evaluate(str(tuned), settings, args.per_tag, args.samples)
         metrics = run_metrics(root)
     keys = [
