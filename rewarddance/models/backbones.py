@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -577,7 +578,13 @@ class Backbone:
         return self.processor.tokenizer
 
     def image_tokens(self, width: int, height: int) -> int:
-        """Number of placeholder tokens an image of this size expands to (including InternVL's <img></img>).
+        """Number of tokens one image placeholder of this size expands to (including InternVL's <img></img>).
+
+        Counted by running the processor on a blank image of that size, so the answer is what
+        :meth:`encode` puts into the sequence on every transformers release. The processor's own
+        ``_get_num_multimodal_tokens`` changed meaning under us: InternVL's count included the
+        ``<img>``/``</img>`` markers its placeholder expands to in transformers 5.24 and counts only
+        the ``<IMG_CONTEXT>`` tokens in 5.25, while the sequence itself did not change.
 
         Args:
             width: Image width in pixels.
@@ -586,8 +593,11 @@ class Backbone:
         Returns:
             Token count per image.
         """
-        data = self.processor._get_num_multimodal_tokens(image_sizes=[(height, width)])
-        return int(data["num_image_tokens"][0])
+        blank = Image.new("RGB", (width, height))
+        expanded = self.processor(text=[self.image_token], images=[blank])["input_ids"][0]
+        # Whatever else the tokenizer adds around the text (a BOS token, say) is in both counts.
+        unexpanded = self.tokenizer(self.image_token)["input_ids"]
+        return len(expanded) - len(unexpanded) + 1
 
     def encode(
         self,
