@@ -1,0 +1,88 @@
+"""What a user sees: no library noise on stderr, and only the known noise is silenced (rewarddance/_noise.py).
+
+Each known message is triggered through the library's own code path twice: with rewarddance's
+filters (nothing shows) and without them (the message shows, so the check can fail and the filter
+is still needed; if a control fails after an upgrade, the library stopped emitting the message
+and its filter in rewarddance/_noise.py can go).
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
+
+from rewarddance._noise import silence_known_noise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_prints_only_help():
+    # A fresh interpreter: both transformers messages are emitted once per process, at import.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "rewarddance", "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:")
+    assert result.stderr == ""
+
+
+def _leafspec_warnings(*, filtered: bool) -> list[str]:
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")  # no once-per-location memory from earlier tests
+        if filtered:
+            silence_known_noise()  # ahead of "always", as at import
+        CombinedLoader(torch.utils.data.DataLoader([0]))  # what every fit, validate and test builds
+        warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
+    return [str(w.message) for w in shown]
+
+
+def test_lightning_leafspec_warning_is_silenced_and_only_it():
+    assert any("LeafSpec" in m for m in _leafspec_warnings(filtered=False))
+    shown = _leafspec_warnings(filtered=True)
+    assert not any("LeafSpec" in m for m in shown)
+    assert "another FutureWarning" in shown
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+# transformers 5.x classes whose default backend is torchvision and which have a PIL twin, not
+# otherwise used by the tests (each name warns only the first time it is looked up).
+FALLBACK_NAMES = ["BeitImageProcessor", "DPTImageProcessor"]
+
+
+@pytest.mark.skipif(transformers.utils.is_torchvision_available(), reason="with torchvision there is no fallback")
+def test_transformers_torchvision_fallback_is_silenced_and_only_it():
+    fresh = [name for name in FALLBACK_NAMES if name not in vars(transformers)]
+    assert len(fresh) == 2, "looked up earlier in this process: pick other names"
+    logger = logging.getLogger("transformers.utils.import_utils")
+    ours = list(logger.filters)
+    assert ours, "rewarddance installs its filter at import"
+    capture = _Capture()
+    logging.getLogger("transformers").addHandler(capture)
+    try:
+        getattr(transformers, fresh[0])
+        logger.warning("another transformers warning")
+        for f in ours:
+            logger.removeFilter(f)
+        getattr(transformers, fresh[1])
+    finally:
+        for f in ours:
+            logger.addFilter(f)
+        logging.getLogger("transformers").removeHandler(capture)
+    assert capture.messages[0] == "another transformers warning"
+    assert len(capture.messages) == 2 and capture.messages[1].startswith(f"`{fresh[1]}` requires torchvision")
