@@ -173,13 +173,10 @@ class ShardDataModule(L.LightningDataModule):
         return trainer.global_rank, trainer.world_size
 
     def _train_epoch(self) -> int | None:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return None
-        # The value Lightning itself passes to samplers' set_epoch: the index of the epoch about to
-        # run whenever the train loader is iterated, also right after restoring a checkpoint (where
-        # ``current_epoch`` lags by one until the fit loop starts).
-        return trainer.fit_loop.epoch_progress.current.processed
+        return train_epoch(getattr(self, "trainer", None))
+
+    def _train_progress(self) -> int | None:
+        return train_progress(getattr(self, "trainer", None))
 
     # -- loaders -------------------------------------------------------------------------------
 
@@ -216,7 +213,12 @@ class ShardDataModule(L.LightningDataModule):
             kwargs["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor
-        loader = StreamLoader(stream, epoch_fn=self._train_epoch if train else _zero, name=name, **kwargs)
+        if train:
+            loader = StreamLoader(
+                stream, epoch_fn=self._train_epoch, progress_fn=self._train_progress, name=name, **kwargs
+            )
+        else:
+            loader = StreamLoader(stream, epoch_fn=_zero, name=name, **kwargs)
         self._loaders[name] = loader
         return loader
 
@@ -261,3 +263,29 @@ class ShardDataModule(L.LightningDataModule):
 
 def _zero() -> int:
     return 0
+
+
+def train_epoch(trainer: L.Trainer | None) -> int | None:
+    """The epoch the train loader is about to iterate (None without a trainer).
+
+    The value Lightning itself passes to samplers' ``set_epoch``: the index of the epoch about to
+    run whenever the train loader is iterated, also right after restoring a checkpoint (where
+    ``current_epoch`` lags by one until the fit loop starts)."""
+    if trainer is None:
+        return None
+    return trainer.fit_loop.epoch_progress.current.processed
+
+
+def train_progress(trainer: L.Trainer | None) -> int | None:
+    """Batches of that epoch the trainer has already trained on: 0 unless it resumes mid-epoch.
+
+    Read when the train loader is iterated. Mid-epoch means the epoch has started and not ended
+    (``started > processed``); the batch counter then still holds the restored checkpoint's count
+    of processed batches (its ``completed`` lags by one when the save happened in
+    ``on_train_batch_end``). Between epochs the batch counter is stale or reset, so 0."""
+    if trainer is None:
+        return None
+    epochs = trainer.fit_loop.epoch_progress.current
+    if epochs.started <= epochs.processed:
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from rewarddance.data.datamodule import train_epoch, train_progress
 from rewarddance.data.schema import Sample
 from rewarddance.data.shapes.prompts import TAGS, geneval_prompts, read_geneval_jsonl
 from rewarddance.data.shapes.splits import SPLIT_IDS
@@ -226,11 +227,12 @@ class PromptDataModule(L.LightningDataModule):
 
             # As ShardDataModule: ShardStream splits work over workers itself and its length is exact.
             warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
-
-            def epoch() -> int | None:
-                return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else None
-
-            return StreamLoader(stream, epoch_fn=epoch, num_workers=self.num_workers)
+            return StreamLoader(
+                stream,
+                epoch_fn=lambda: train_epoch(trainer),
+                progress_fn=lambda: train_progress(trainer),
+                num_workers=self.num_workers,
+            )
         self.setup("fit")
         assert self._train_items is not None
         return DataLoader(
