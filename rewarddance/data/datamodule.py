@@ -110,6 +110,10 @@ class ShardDataModule(L.LightningDataModule):
         self.pin_memory, self.persistent_workers, self.prefetch_factor = pin_memory, persistent_workers, prefetch_factor
         self._shards: dict[tuple[str, str], list[ShardInfo]] = {}
         self._loaders: dict[str, StreamLoader] = {}
+        self._made: list[tuple[str, StreamLoader]] = []  # (stage, loader) since the last teardown
+        self.summary: dict[str, dict[str, int]] = {}
+        """Skipped bad samples of the last fit/validate/test/predict, per loader and field (``on_error: skip``),
+        summed over epochs and DataLoader workers; set at teardown (see :meth:`teardown`)."""
         self.set_names: dict[str, list[str]] = {}
         """Names of the eval sets per stage (``"validate"``, ``"test"``, ``"predict"``), in dataloader order."""
         self._hide_missing_stages()
@@ -220,6 +224,7 @@ class ShardDataModule(L.LightningDataModule):
         else:
             loader = StreamLoader(stream, epoch_fn=_zero, name=name, **kwargs)
         self._loaders[name] = loader
+        self._made.append((stage, loader))
         return loader
 
     def train_dataloader(self) -> StreamLoader:
@@ -255,6 +260,32 @@ class ShardDataModule(L.LightningDataModule):
         Stream names are ``train``, ``val``, ``test``, ``predict``, or the keys of a dict of eval sets
         (when two stages use the same key, the most recent loader's report is kept)."""
         return {name: loader.last_report for name, loader in self._loaders.items()}
+
+    def teardown(self, stage: str) -> None:
+        """The closing summary: with ``on_error: skip``, the bad samples skipped during this stage, per
+        loader and field, summed over its epochs and DataLoader workers (whose counts travel to the main
+        process with their batches), logged last -- a warning when any were skipped -- and kept in
+        :attr:`summary`. Each rank reports its own reads."""
+        made, self._made = self._made, []
+        if self.on_error != "skip":
+            return
+        self.summary = {}
+        for loader_stage, loader in made:
+            skipped = {k.split("/", 1)[1]: v for k, v in sorted(loader.totals.items()) if k.startswith("skipped/")}
+            key = f"{loader_stage}/{loader.name}" if loader_stage != "train" else "train"
+            self.summary[key] = skipped
+        total = sum(sum(v.values()) for v in self.summary.values())
+        rank = self.trainer.global_rank if getattr(self, "trainer", None) is not None else 0
+        where = "; ".join(
+            f"{key}: " + (", ".join(f"{field}={n}" for field, n in fields.items()) or "none")
+            for key, fields in self.summary.items()
+        )
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+        line = f"on_error=skip, {stage} rank {rank}: skipped {total} bad samples ({where or 'no data read'})"
+        if total:
+            log.warning("%s", line)
+        else:
+            log.info("%s", line)
 
     def loader(self, name: str) -> StreamLoader:
         """The most recent loader made for a stream name (``"train"``, ``"val"``, ``"test-ood"``, ...)."""
