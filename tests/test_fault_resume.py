@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120  # per fit; each takes ~8 s here (mostly imports)
 STEP_LOG = "REWARDDANCE_TEST_STEP_LOG"
 STALL = "REWARDDANCE_TEST_STALL_LAST_SAVE_AT_EPOCH"
+STALL_STEP = "REWARDDANCE_TEST_STALL_LAST_SAVE_AT_STEP"
+HANG_STEP = "REWARDDANCE_TEST_HANG_AT_STEP"
 TINY = (
     "{hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 64, vision_hidden_size: 32,"
     " vision_depth: 1, vision_heads: 1, vision_intermediate_size: 64, image_size: 32, patch_size: 8}"
@@ -65,12 +67,21 @@ class StepRecorder(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, task: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = None if outputs is None else float(outputs["loss"])
         self._log(event="step", step=trainer.global_step, epoch=trainer.current_epoch, keys=batch.keys, loss=loss)
+        marker = Path(os.environ[STEP_LOG]).with_suffix(".stalled")
+        if os.environ.get(HANG_STEP) == str(trainer.global_step):  # mid-epoch, between two saves
+            marker.write_text("0")
+            time.sleep(3 * TIMEOUT_S)  # the test SIGKILLs us here
+        if os.environ.get(STALL_STEP) == str(trainer.global_step):  # ModelCheckpoint saves after this hook
+            self._stall_next_last_save(marker)
 
     def on_train_epoch_end(self, trainer: L.Trainer, task: Any) -> None:
         # Runs before ModelCheckpoint's own on_train_epoch_end (Lightning calls checkpoint callbacks last).
-        if os.environ.get(STALL) != str(trainer.current_epoch):
-            return
-        real_save, marker = torch.save, Path(os.environ[STEP_LOG]).with_suffix(".stalled")
+        if os.environ.get(STALL) == str(trainer.current_epoch):
+            self._stall_next_last_save(Path(os.environ[STEP_LOG]).with_suffix(".stalled"))
+
+    @staticmethod
+    def _stall_next_last_save(marker: Path) -> None:
+        real_save = torch.save
 
         def half_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
             if "last.ckpt" not in str(getattr(f, "name", f)):
@@ -91,8 +102,10 @@ class StepRecorder(L.Callback):
         self._log(event="end", step=trainer.global_step, metrics=metrics)
 
 
-def _config(root: Path) -> Path:
+def _config(root: Path, workers: int = 0, every_n_train_steps: int | None = None) -> Path:
+    """The tiny fit; checkpoints every epoch, or (mid-epoch) every ``every_n_train_steps`` steps."""
     ckpt = root / "ckpt"
+    every = f"every_n_train_steps: {every_n_train_steps}" if every_n_train_steps else "every_n_epochs: 1"
     text = f"""
 test_after_fit: false
 trainer:
@@ -111,26 +124,31 @@ trainer:
   callbacks:
     - class_path: tests.test_fault_resume.StepRecorder
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {ckpt}, save_last: true, save_top_k: -1, every_n_epochs: 1, save_on_train_epoch_end: true}}
+      init_args: {{dirpath: {ckpt}, save_last: true, save_top_k: -1, {every}, save_on_train_epoch_end: true}}
 model:
   init_args: {{backbone: tiny-qwen2-vl, backbone_kwargs: {TINY}, export: false}}
 data:
-  init_args: {{batch_size: 4, num_workers: 0, shuffle_buffer: 16}}
+  init_args: {{batch_size: 4, num_workers: {workers}, shuffle_buffer: 16}}
 """
     root.mkdir(parents=True, exist_ok=True)
     (root / "fault.yaml").write_text(text)
     return root / "fault.yaml"
 
 
-def _fit(root: Path, log: str, *extra: str, stall: int | None = None) -> tuple[int, str]:
-    """Run the fit; with ``stall``, SIGKILL it once it hangs half-way through saving last.ckpt."""
+def _fit(
+    root: Path, log: str, *extra: str, stall: int | None = None, hang: dict[str, int] | None = None, **config: Any
+) -> tuple[int, str]:
+    """Run the fit; with ``stall`` (an epoch) or ``hang`` ({env var: step}), SIGKILL it once it hangs
+    (half-way through saving last.ckpt, or between two steps). ``config``: options of :func:`_config`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", STEP_LOG: str(root / log)}
-    env.pop(STALL, None)
-    env.pop("LOCAL_RANK", None)
+    for name in (STALL, STALL_STEP, HANG_STEP, "LOCAL_RANK"):
+        env.pop(name, None)
     if stall is not None:
         env[STALL] = str(stall)
+    env.update({k: str(v) for k, v in (hang or {}).items()})
+    stall = stall if hang is None else 0  # either way: wait for the marker, then kill
     cmd = [sys.executable, "-m", "rewarddance", "fit", "--config", "configs/quickstart.yaml"]
-    cmd += ["--config", str(_config(root)), *extra]
+    cmd += ["--config", str(_config(root, **config)), *extra]
     marker = (root / log).with_suffix(".stalled")
     out_path = root / f"{log}.out"
     with open(out_path, "w") as out:  # a file, not a pipe: nobody reads a pipe while we poll
@@ -210,6 +228,52 @@ def test_sigkill_during_save_then_resume_equals_uninterrupted_run(tmp_path):
     # ...and bitwise the same final weights, optimizer state and loop state.
     final_ref = io_.load_checkpoint(ref / "ckpt" / "epoch=2-step=12.ckpt")
     final_run = io_.load_checkpoint(run / "ckpt" / "epoch=2-step=12.ckpt")
+    for key in ("state_dict", "optimizer_states", "global_step", "epoch", "loops"):
+        _assert_same(final_ref[key], final_run[key], key)
+
+
+@pytest.fixture(scope="module")
+def mid_epoch_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """The uninterrupted mid-epoch-checkpointing fit (2 workers, a save every 3 steps of 4-step epochs)."""
+    ref = tmp_path_factory.mktemp("ref")
+    code, out = _fit(ref, "steps.jsonl", workers=2, every_n_train_steps=3)
+    assert code == 0, out[-4000:]
+    return ref, _records(ref / "steps.jsonl")
+
+
+@pytest.mark.timeout(4 * TIMEOUT_S)
+@pytest.mark.parametrize(
+    ("hang", "resumed_from"),
+    [
+        ({HANG_STEP: 10}, 9),  # kill -9 between two saves: last.ckpt is step 9, epoch 2's first batch
+        ({STALL_STEP: 6}, 3),  # kill -9 half-way through writing last.ckpt at step 6: it still holds step 3
+    ],
+    ids=["kill-between-saves", "kill-during-save"],
+)
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, mid_epoch_reference, hang, resumed_from):
+    """Checkpoints taken in the middle of an epoch carry the stream's position (two DataLoader workers,
+    a shuffle buffer): the resumed run trains on exactly the batches the uninterrupted one did."""
+    ref, reference = mid_epoch_reference
+    ref_steps = [r for r in reference if r["event"] == "step"]
+    assert [r["step"] for r in ref_steps] == list(range(1, 13))
+    io_ = AtomicCheckpointIO()
+
+    code, out = _fit(tmp_path, "killed.jsonl", hang=hang, workers=2, every_n_train_steps=3)
+    assert code == -signal.SIGKILL, f"expected a kill, got exit code {code}:\n{out[-4000:]}"
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = io_.load_checkpoint(last)
+    assert saved["global_step"] == resumed_from and resumed_from % 4 != 0  # mid-epoch
+    [position] = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["ranks"]
+    assert (position["epoch"], position["batches"], position["num_workers"]) == (resumed_from // 4, resumed_from % 4, 2)
+
+    code, out = _fit(tmp_path, "resumed.jsonl", "--ckpt_path", str(last), workers=2, every_n_train_steps=3)
+    assert code == 0, out[-4000:]
+    resumed = _records(tmp_path / "resumed.jsonl")
+    assert resumed[0] == {"event": "start", "io": "AtomicCheckpointIO", "step": resumed_from}
+    assert [r for r in resumed if r["event"] == "step"] == ref_steps[resumed_from:]  # same batches, same losses
+    assert resumed[-1] == reference[-1] and reference[-1]["metrics"]
+    final_ref = io_.load_checkpoint(ref / "ckpt" / "epoch=2-step=12.ckpt")
+    final_run = io_.load_checkpoint(tmp_path / "ckpt" / "epoch=2-step=12.ckpt")
     for key in ("state_dict", "optimizer_states", "global_step", "epoch", "loops"):
         _assert_same(final_ref[key], final_run[key], key)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rewarddance.data import stream as stream_mod
+from rewarddance.data.prompts import PromptLoader
 from rewarddance.data.stream import ResumeError, ShardStream, StreamLoader
 
 try:  # tests/ is a package here; the fallback keeps the file runnable if it stops being one
@@ -152,3 +153,63 @@ def test_inconsistent_position_is_refused(tmp_path):
     resumed.load_state_dict(first.state_dict())
     with pytest.raises(ResumeError, match="position is batch 2 of epoch 0"):
         _batches(resumed)
+
+
+# --------------------------------------------------------------------------------------------
+# In-memory prompts (the RL DataModule's default source)
+
+
+def _prompt_loader(items: list[str], done: list[int], **kwargs) -> PromptLoader:
+    """Batches of 2 from ``items``, shuffled from seed 3; ``done[0]`` plays the trainer's progress."""
+    settings = {"batch_size": 2, "shuffle": True, "num_workers": 2, "collate_fn": list}
+    return PromptLoader(
+        items, generator=torch.Generator().manual_seed(3), progress_fn=lambda: done[0], **{**settings, **kwargs}
+    )
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5])
+def test_restored_prompt_loader_continues_exactly(cut):
+    items = [f"p{i}" for i in range(11)]
+    done = [0]
+    reference = _prompt_loader(items, done)
+    epochs = [list(reference) for _ in range(3)]  # three epochs of an uninterrupted run
+    assert epochs[0] != epochs[1] and sorted(p for b in epochs[1] for p in b) == sorted(items)
+
+    first = _prompt_loader(items, done)
+    list(first)  # epoch 0
+    head = []
+    for batch in first:  # epoch 1, up to the checkpoint
+        head.append(batch)
+        if len(head) == cut:
+            break
+    state = first.state_dict()
+    resumed, done[0] = _prompt_loader(items, done), cut  # a trainer restored mid-epoch reports `cut` done
+    resumed.load_state_dict(state)
+    assert head + list(resumed) == epochs[1]
+    done[0] = 0
+    assert list(resumed) == epochs[2]  # and the next epoch is the uninterrupted run's too
+
+    at_end = _prompt_loader(items, done)  # a checkpoint at the end of epoch 1
+    at_end.load_state_dict(_end_state(items, done))
+    assert list(at_end) == epochs[2]
+
+
+def _end_state(items: list[str], done: list[int]) -> dict:
+    loader = _prompt_loader(items, done)
+    list(loader), list(loader)
+    return loader.state_dict()
+
+
+def test_prompt_position_under_other_settings_is_refused_and_a_missing_one_warns():
+    items = [f"p{i}" for i in range(11)]
+    done = [0]
+    first = _prompt_loader(items, done)
+    next(iter(first))
+    state = first.state_dict()
+    done[0] = 1
+    resumed = _prompt_loader(items, done, batch_size=3)
+    resumed.load_state_dict(state)
+    with pytest.raises(ResumeError, match="batch_size was 2, is 3"):
+        list(resumed)
+    with pytest.warns(UserWarning, match="holds no prompt position"):
+        assert len(list(_prompt_loader(items, done))) == 6  # restarts the epoch, loudly
