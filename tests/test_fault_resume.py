@@ -66,7 +66,11 @@ class StepRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, task: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = None if outputs is None else float(outputs["loss"])
-        self._log(event="step", step=trainer.global_step, epoch=trainer.current_epoch, keys=batch.keys, loss=loss)
+        keys = batch.keys if hasattr(batch, "keys") else [item["prompt"] for item in batch]  # reward or RL batch
+        self._log(
+            event="step", step=trainer.global_step, epoch=trainer.current_epoch, keys=keys, loss=loss,
+            **({"rank": trainer.global_rank} if trainer.world_size > 1 else {}),
+        )  # fmt: skip
         marker = Path(os.environ[STEP_LOG]).with_suffix(".stalled")
         if os.environ.get(HANG_STEP) == str(trainer.global_step):  # mid-epoch, between two saves
             marker.write_text("0")
@@ -135,11 +139,50 @@ data:
     return root / "fault.yaml"
 
 
+def _rl_config(root: Path) -> Path:
+    """The RL recipe (ReFL) on the bundled tiny generator, shrunk: 6 prompts in batches of 2 (3 steps an
+    epoch) from the in-memory ``shapes:train`` set, 2 workers, the toy colour reward, a save every 2 steps."""
+    text = f"""
+trainer:
+  max_time: null
+  max_steps: 8
+  enable_progress_bar: false
+  default_root_dir: {root}
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {root}, name: ""}}
+  callbacks:
+    - class_path: tests.test_fault_resume.StepRecorder
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{dirpath: {root / "ckpt"}, save_last: true, save_top_k: -1, every_n_train_steps: 2}}
+model:
+  init_args:
+    reward: shapes-color
+    height: 32
+    width: 32
+    num_inference_steps: 4
+    refl: {{t_min: 2, t_max: 3, anchor_weight: 0}}
+    eval_every: null
+data:
+  init_args: {{per_tag: 1, batch_size: 2, num_workers: 2, val: null}}
+"""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "rl.yaml").write_text(text)
+    return root / "rl.yaml"
+
+
 def _fit(
-    root: Path, log: str, *extra: str, stall: int | None = None, hang: dict[str, int] | None = None, **config: Any
+    root: Path,
+    log: str,
+    *extra: str,
+    stall: int | None = None,
+    hang: dict[str, int] | None = None,
+    rl: bool = False,
+    **config: Any,
 ) -> tuple[int, str]:
-    """Run the fit; with ``stall`` (an epoch) or ``hang`` ({env var: step}), SIGKILL it once it hangs
-    (half-way through saving last.ckpt, or between two steps). ``config``: options of :func:`_config`."""
+    """Run the fit (the quickstart recipe, or with ``rl`` the ReFL one); with ``stall`` (an epoch) or ``hang``
+    ({env var: step}), SIGKILL it once it hangs (half-way through saving last.ckpt, or between two steps).
+    ``config``: options of :func:`_config`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", STEP_LOG: str(root / log)}
     for name in (STALL, STALL_STEP, HANG_STEP, "LOCAL_RANK"):
         env.pop(name, None)
@@ -147,8 +190,12 @@ def _fit(
         env[STALL] = str(stall)
     env.update({k: str(v) for k, v in (hang or {}).items()})
     stall = stall if hang is None else 0  # either way: wait for the marker, then kill
-    cmd = [sys.executable, "-m", "rewarddance", "fit", "--config", "configs/quickstart.yaml"]
-    cmd += ["--config", str(_config(root, **config)), *extra]
+    recipe = (
+        ("configs/rl/shapes_refl.yaml", _rl_config(root))
+        if rl
+        else ("configs/quickstart.yaml", _config(root, **config))
+    )
+    cmd = [sys.executable, "-m", "rewarddance", "fit", "--config", recipe[0], "--config", str(recipe[1]), *extra]
     marker = (root / log).with_suffix(".stalled")
     out_path = root / f"{log}.out"
     with open(out_path, "w") as out:  # a file, not a pipe: nobody reads a pipe while we poll
@@ -275,6 +322,68 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, mid_ep
     final_ref = io_.load_checkpoint(ref / "ckpt" / "epoch=2-step=12.ckpt")
     final_run = io_.load_checkpoint(tmp_path / "ckpt" / "epoch=2-step=12.ckpt")
     for key in ("state_dict", "optimizer_states", "global_step", "epoch", "loops"):
+        _assert_same(final_ref[key], final_run[key], key)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * TIMEOUT_S)
+def test_ddp_fit_killed_mid_epoch_then_resumed_equals_uninterrupted_run(tmp_path):
+    """The same under DDP (2 processes, gloo, 2 workers each): every rank's position is in the checkpoint."""
+    ddp = ("--trainer.strategy", "ddp", "--trainer.devices", "2")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    code, out = _fit(ref, "steps.jsonl", *ddp, workers=2, every_n_train_steps=3)
+    assert code == 0, out[-4000:]
+
+    def steps(path: Path) -> list[dict[str, Any]]:
+        return sorted((r for r in _records(path) if r["event"] == "step"), key=lambda r: (r["rank"], r["step"]))
+
+    ref_steps = steps(ref / "steps.jsonl")
+    assert [(r["rank"], r["step"]) for r in ref_steps] == [(k, s) for k in range(2) for s in range(1, 13)]
+    assert not set(ref_steps[0]["keys"]) & set(ref_steps[12]["keys"])  # the ranks read different samples
+
+    code, out = _fit(run, "killed.jsonl", *ddp, hang={HANG_STEP: 10}, workers=2, every_n_train_steps=3)
+    assert code == -signal.SIGKILL, f"expected a kill, got exit code {code}:\n{out[-4000:]}"
+    io_ = AtomicCheckpointIO()
+    last = run / "ckpt" / "last.ckpt"
+    saved = io_.load_checkpoint(last)
+    ranks = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["ranks"]
+    assert saved["global_step"] == 9 and [(r["rank"], r["epoch"], r["batches"]) for r in ranks] == [
+        (0, 2, 1),
+        (1, 2, 1),
+    ]
+
+    code, out = _fit(run, "resumed.jsonl", *ddp, "--ckpt_path", str(last), workers=2, every_n_train_steps=3)
+    assert code == 0, out[-4000:]
+    assert steps(run / "resumed.jsonl") == [r for r in ref_steps if r["step"] > 9]
+    final_ref = io_.load_checkpoint(ref / "ckpt" / "epoch=2-step=12.ckpt")
+    final_run = io_.load_checkpoint(run / "ckpt" / "epoch=2-step=12.ckpt")
+    for key in ("state_dict", "optimizer_states", "global_step", "epoch", "loops"):
+        _assert_same(final_ref[key], final_run[key], key)
+
+
+@pytest.mark.timeout(4 * TIMEOUT_S)
+def test_rl_fit_killed_mid_epoch_then_resumed_equals_uninterrupted_run(tmp_path):
+    """ReFL with the in-memory prompt set: kill -9 at step 6 (last.ckpt: step 4, one batch into epoch 1)."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    code, out = _fit(ref, "steps.jsonl", rl=True)
+    assert code == 0, out[-4000:]
+    reference = _records(ref / "steps.jsonl")
+    ref_steps = [r for r in reference if r["event"] == "step"]
+    assert [(r["step"], r["epoch"]) for r in ref_steps] == [(s, (s - 1) // 3) for s in range(1, 9)]
+
+    code, out = _fit(run, "killed.jsonl", hang={HANG_STEP: 6}, rl=True)
+    assert code == -signal.SIGKILL, f"expected a kill, got exit code {code}:\n{out[-4000:]}"
+    last = run / "ckpt" / "last.ckpt"
+    io_ = AtomicCheckpointIO()
+    assert io_.load_checkpoint(last)["global_step"] == 4
+
+    code, out = _fit(run, "resumed.jsonl", "--ckpt_path", str(last), rl=True)
+    assert code == 0, out[-4000:]
+    resumed = [r for r in _records(run / "resumed.jsonl") if r["event"] == "step"]
+    assert resumed == ref_steps[4:]  # the same prompts and losses from step 5 on
+    final_ref = io_.load_checkpoint(ref / "ckpt" / "epoch=2-step=8.ckpt")
+    final_run = io_.load_checkpoint(run / "ckpt" / "epoch=2-step=8.ckpt")
+    for key in ("state_dict", "optimizer_states", "global_step", "epoch", "loops", "rewarddance_rl"):
         _assert_same(final_ref[key], final_run[key], key)
 
 
