@@ -188,12 +188,21 @@ class PromptLoader(DataLoader):
         if self._loaded is not None:  # restored, not iterated yet
             return self._loaded
         now = self.generator.get_state() if self.generator is not None else None
-        return {"format": STATE_FORMAT, **self._fingerprint(), "done": self._batches, "start": self._start, "now": now}
+        return {
+            "format": STATE_FORMAT,
+            "kind": "prompts",
+            **self._fingerprint(),
+            "done": self._batches,
+            "start": self._start,
+            "now": now,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
+        if state.get("format") != STATE_FORMAT or state.get("kind") != "prompts":
             raise ResumeError(
-                f"the checkpoint's prompt position has format {state.get('format')!r}, not {STATE_FORMAT}"
+                f"the checkpoint's data position is a {state.get('kind', 'unknown')!r} loader's in format "
+                f"{state.get('format')!r}; this loader holds prompts in memory and reads format {STATE_FORMAT}. "
+                "Resume with the training prompts the checkpoint was saved with."
             )
         self._loaded = state
 

@@ -1029,14 +1029,15 @@ class StreamLoader(DataLoader):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ranks = [None] * dist.get_world_size()
             dist.all_gather_object(ranks, mine)
-        return {"format": STATE_FORMAT, "ranks": [r for r in ranks if r is not None]}
+        return {"format": STATE_FORMAT, "kind": "shards", "ranks": [r for r in ranks if r is not None]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict` at the next ``iter()`` (checked against the settings then)."""
-        if state.get("format") != STATE_FORMAT or not isinstance(state.get("ranks"), list):
+        if state.get("format") != STATE_FORMAT or state.get("kind") != "shards":
             raise ResumeError(
-                f"{self.name}: the checkpoint's data position has format {state.get('format')!r}; "
-                f"this version reads format {STATE_FORMAT}"
+                f"{self.name}: the checkpoint's data position is a {state.get('kind', 'unknown')!r} loader's in "
+                f"format {state.get('format')!r}; this loader streams shards and reads format {STATE_FORMAT}. "
+                "Resume with the training data the checkpoint was saved with."
             )
         self._loaded = state["ranks"]
 

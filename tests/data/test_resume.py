@@ -213,3 +213,13 @@ def test_prompt_position_under_other_settings_is_refused_and_a_missing_one_warns
         list(resumed)
     with pytest.warns(UserWarning, match="holds no prompt position"):
         assert len(list(_prompt_loader(items, done))) == 6  # restarts the epoch, loudly
+
+
+def test_a_position_of_another_kind_of_loader_is_refused(tmp_path):
+    write_dataset(tmp_path, [7, 5, 9])
+    prompts = _prompt_loader(["a", "b", "c"], [0])
+    shards = StreamLoader(ShardStream(tmp_path, batch_size=3))
+    with pytest.raises(ResumeError, match=r"is a 'prompts' loader's.*streams shards"):
+        shards.load_state_dict(prompts.state_dict())
+    with pytest.raises(ResumeError, match=r"is a 'shards' loader's.*holds prompts in memory"):
+        prompts.load_state_dict(shards.state_dict())
