@@ -44,7 +44,9 @@ class ShardDataModule(L.LightningDataModule):
     Training data is shuffled per epoch; evaluation data is read in order, never resampled, and
     padded to equal batch counts with the repeats marked ``Sample.padding = True`` (leave them out
     of metrics). Bad samples raise a ``ShardFormatError`` naming shard, sample and field, or, with
-    ``on_error: skip``, are skipped, counted and reported per epoch (:attr:`reports`).
+    ``on_error: skip``, are skipped, counted and reported per epoch (:attr:`reports`) and, summed,
+    at the end of each fit/validate/test/predict (:attr:`summary`). Checkpoints hold the training
+    stream's position: a resumed fit continues on exactly the same data (``docs/resume.md``).
 
     Args:
         train: Training shards.

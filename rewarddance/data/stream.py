@@ -30,6 +30,9 @@ Bad samples raise :class:`~rewarddance.data.schema.ShardFormatError` (truncated 
 archives: :class:`ShardReadError`) naming the shard, the sample key and the field. With
 ``on_error="skip"`` they are skipped, counted per field, replaced by reading on (so batch counts stay
 equal across ranks) and reported at the end of the epoch by :class:`StreamLoader`.
+
+Every checkpoint holds the stream's position (:meth:`StreamLoader.state_dict`), so a run resumed
+mid-epoch continues with exactly the batches an uninterrupted run would have had (``docs/resume.md``).
 """
 
 from __future__ import annotations
