@@ -18,17 +18,16 @@ Lightning's ``TorchCheckpointIO`` as the trainer's plugin and passing ``weights_
 Remote (fsspec URL) paths are written by Lightning's own code (object stores have no rename).
 
 Sharded checkpoints (``ModelParallelStrategy`` / ``FSDP2Strategy`` with distributed checkpoints)
-are folders written with ``torch.distributed.checkpoint`` and do not go through a CheckpointIO, so
-this plugin is not used for them. On a kill they behave as follows: each rank writes its shard
-files (``__<rank>_0.distcp``), then the coordinator writes DCP's ``.metadata`` (to a temporary
-name, renamed last), then rank 0 writes Lightning's ``meta.pt`` (loop, callback and hyperparameter
-bookkeeping) with a plain ``torch.save``. Lightning only treats a folder holding ``meta.pt`` as a
-checkpoint, so a *new* folder killed mid-save is refused on load (no ``meta.pt``, or a truncated
-one that fails to unpickle), never loaded half-written. Re-saving *into an existing* folder (e.g.
-a sharded ``last.ckpt`` overwritten every epoch) is not crash-safe: the old ``.metadata`` and
-``meta.pt`` stay while shard files are overwritten, and a kill between the new ``.metadata`` and
-the new ``meta.pt`` pairs new weights with old trainer state. For sharded runs keep one folder per
-save (ModelCheckpoint's default ``epoch=..-step=..`` names) and resume from the newest complete one.
+are folders written with ``torch.distributed.checkpoint`` and do not go through a CheckpointIO.
+Lightning's ``ModelParallelStrategy`` writes them straight into the target folder: each rank its
+shard files (``__<rank>_0.distcp``), the coordinator DCP's ``.metadata``, rank 0 Lightning's
+``meta.pt``; re-saving into an existing folder (a sharded ``last.ckpt``) and being killed part-way
+pairs new weights with old trainer state, or leaves a truncated ``meta.pt``.
+:class:`rewarddance.distributed.FSDP2Strategy` (``configs/trainer/fsdp.yaml``) saves crash-safely
+instead: every rank writes into a temporary folder beside the target, a barrier waits for all of
+them, and rank 0 renames it into place (see ``FSDP2Strategy.save_checkpoint``). With Lightning's
+plain ``ModelParallelStrategy``, keep one folder per save (ModelCheckpoint's default
+``epoch=..-step=..`` names) and resume from the newest complete one.
 """
 
 from __future__ import annotations
@@ -53,7 +52,8 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds objects that ``torch.load(weights_only=True)`` refuses to unpickle."""
 
 
-def _is_local(path: _PATH) -> bool:
+def is_local_path(path: _PATH) -> bool:
+    """Whether a checkpoint path is on the local file system (where renames are atomic), not an fsspec URL."""
     return isinstance(get_filesystem(path), LocalFileSystem)
 
 
@@ -75,7 +75,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local(path):
+        if storage_options is not None or not is_local_path(path):
             super().save_checkpoint(checkpoint, path, storage_options)  # raises on storage_options, as Lightning does
             return
         target = Path(path).absolute()

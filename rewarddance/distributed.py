@@ -27,9 +27,14 @@ roots hand their outputs back in fp32 so the loss math is unchanged. Keep the tr
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
+import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -37,6 +42,7 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from rewarddance.checkpointing import is_local_path
 from rewarddance.models.peft_utils import prepare_for_training, unwrap_peft
 
 try:  # torch >= 2.6
@@ -345,6 +351,54 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._tensor_parallel_size = 1
         super().setup_environment()
 
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Save a distributed checkpoint crash-safely: into a temporary folder beside the target, then
+        renamed onto it by rank 0 once every rank's shard files and ``meta.pt`` are complete.
+
+        Lightning writes the shard files, DCP's ``.metadata`` and ``meta.pt`` straight into the target
+        folder, so a kill while re-saving ``last.ckpt`` leaves new weights paired with old trainer
+        state, or a half-written ``meta.pt``. Here a kill at any point before the rename leaves the
+        previous checkpoint untouched (and a ``.<name>.<token>.tmp`` folder that nothing loads). The
+        swap is two renames (the old folder aside to ``.<name>.<token>.old``, the new one into place,
+        then the old one deleted); a kill between them leaves the old checkpoint under that name,
+        which :meth:`load_checkpoint` falls back to. Full-file checkpoints
+        (``save_distributed_checkpoint=False``) and remote paths go through Lightning unchanged.
+        """
+        if not self._save_distributed_checkpoint or storage_options is not None or not is_local_path(filepath):
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        target = Path(self.broadcast(str(Path(filepath).absolute())))
+        token = self.broadcast(f"{os.getpid()}-{time.time_ns()}")  # one name for every rank, new every save
+        tmp = target.with_name(f".{target.name}.{token}.tmp")
+        super().save_checkpoint(checkpoint, tmp)  # every rank writes its shards; rank 0 then meta.pt
+        if self.global_rank == 0:
+            _fsync_tree(tmp)
+        self.barrier("rewarddance.save_checkpoint.written")  # every rank's shard files are complete
+        if self.global_rank == 0:
+            old = target.with_name(f".{target.name}.{token}.old")
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            _fsync_tree(target.parent, files=False)
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        self.barrier("rewarddance.save_checkpoint.renamed")
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(checkpoint_path)
+        if not path.exists():  # killed between the two renames of a save: the previous checkpoint is aside
+            aside = sorted(path.parent.glob(f".{path.name}.*.old"), key=lambda p: p.stat().st_mtime)
+            if aside:
+                warnings.warn(
+                    f"{path} is missing: a save was interrupted while swapping it in; loading the previous "
+                    f"checkpoint from {aside[-1]}.",
+                    stacklevel=2,
+                )
+                checkpoint_path = aside[-1]
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
     def model_to_device(self) -> None:
         if not self.shard_settings.cpu_offload:
             super().model_to_device()
@@ -353,6 +407,21 @@ class FSDP2Strategy(ModelParallelStrategy):
         # put the buffers of the sharded modules on the device; move only what is not under FSDP.
         assert self.model is not None
         _move_unsharded(self.model, self.root_device)
+
+
+def _fsync_tree(folder: Path, files: bool = True) -> None:
+    """Flush a checkpoint folder's files (``files``) and the folder entry itself to disk (POSIX)."""
+    if os.name == "nt":
+        return
+    for path in sorted(folder.iterdir()) if files else ():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _move_unsharded(module: nn.Module, device: torch.device) -> None:

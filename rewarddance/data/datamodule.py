@@ -44,7 +44,9 @@ class ShardDataModule(L.LightningDataModule):
     Training data is shuffled per epoch; evaluation data is read in order, never resampled, and
     padded to equal batch counts with the repeats marked ``Sample.padding = True`` (leave them out
     of metrics). Bad samples raise a ``ShardFormatError`` naming shard, sample and field, or, with
-    ``on_error: skip``, are skipped, counted and reported per epoch (:attr:`reports`).
+    ``on_error: skip``, are skipped, counted and reported per epoch (:attr:`reports`) and, summed,
+    at the end of each fit/validate/test/predict (:attr:`summary`). Checkpoints hold the training
+    stream's position: a resumed fit continues on exactly the same data (``docs/resume.md``).
 
     Args:
         train: Training shards.
@@ -110,6 +112,10 @@ class ShardDataModule(L.LightningDataModule):
         self.pin_memory, self.persistent_workers, self.prefetch_factor = pin_memory, persistent_workers, prefetch_factor
         self._shards: dict[tuple[str, str], list[ShardInfo]] = {}
         self._loaders: dict[str, StreamLoader] = {}
+        self._made: list[tuple[str, StreamLoader]] = []  # (stage, loader) since the last teardown
+        self.summary: dict[str, dict[str, int]] = {}
+        """Skipped bad samples of the last fit/validate/test/predict, per loader and field (``on_error: skip``),
+        summed over epochs and DataLoader workers; set at teardown (see :meth:`teardown`)."""
         self.set_names: dict[str, list[str]] = {}
         """Names of the eval sets per stage (``"validate"``, ``"test"``, ``"predict"``), in dataloader order."""
         self._hide_missing_stages()
@@ -173,13 +179,10 @@ class ShardDataModule(L.LightningDataModule):
         return trainer.global_rank, trainer.world_size
 
     def _train_epoch(self) -> int | None:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return None
-        # The value Lightning itself passes to samplers' set_epoch: the index of the epoch about to
-        # run whenever the train loader is iterated, also right after restoring a checkpoint (where
-        # ``current_epoch`` lags by one until the fit loop starts).
-        return trainer.fit_loop.epoch_progress.current.processed
+        return train_epoch(getattr(self, "trainer", None))
+
+    def _train_progress(self) -> int | None:
+        return train_progress(getattr(self, "trainer", None))
 
     # -- loaders -------------------------------------------------------------------------------
 
@@ -216,8 +219,14 @@ class ShardDataModule(L.LightningDataModule):
             kwargs["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor
-        loader = StreamLoader(stream, epoch_fn=self._train_epoch if train else _zero, name=name, **kwargs)
+        if train:
+            loader = StreamLoader(
+                stream, epoch_fn=self._train_epoch, progress_fn=self._train_progress, name=name, **kwargs
+            )
+        else:
+            loader = StreamLoader(stream, epoch_fn=_zero, name=name, **kwargs)
         self._loaders[name] = loader
+        self._made.append((stage, loader))
         return loader
 
     def train_dataloader(self) -> StreamLoader:
@@ -254,6 +263,32 @@ class ShardDataModule(L.LightningDataModule):
         (when two stages use the same key, the most recent loader's report is kept)."""
         return {name: loader.last_report for name, loader in self._loaders.items()}
 
+    def teardown(self, stage: str) -> None:
+        """The closing summary: with ``on_error: skip``, the bad samples skipped during this stage, per
+        loader and field, summed over its epochs and DataLoader workers (whose counts travel to the main
+        process with their batches), logged last -- a warning when any were skipped -- and kept in
+        :attr:`summary`. Each rank reports its own reads."""
+        made, self._made = self._made, []
+        if self.on_error != "skip":
+            return
+        self.summary = {}
+        for loader_stage, loader in made:
+            skipped = {k.split("/", 1)[1]: v for k, v in sorted(loader.totals.items()) if k.startswith("skipped/")}
+            key = f"{loader_stage}/{loader.name}" if loader_stage != "train" else "train"
+            self.summary[key] = skipped
+        total = sum(sum(v.values()) for v in self.summary.values())
+        rank = self.trainer.global_rank if getattr(self, "trainer", None) is not None else 0
+        where = "; ".join(
+            f"{key}: " + (", ".join(f"{field}={n}" for field, n in fields.items()) or "none")
+            for key, fields in self.summary.items()
+        )
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+        line = f"on_error=skip, {stage} rank {rank}: skipped {total} bad samples ({where or 'no data read'})"
+        if total:
+            log.warning("%s", line)
+        else:
+            log.info("%s", line)
+
     def loader(self, name: str) -> StreamLoader:
         """The most recent loader made for a stream name (``"train"``, ``"val"``, ``"test-ood"``, ...)."""
         return self._loaders[name]
@@ -261,3 +296,29 @@ class ShardDataModule(L.LightningDataModule):
 
 def _zero() -> int:
     return 0
+
+
+def train_epoch(trainer: L.Trainer | None) -> int | None:
+    """The epoch the train loader is about to iterate (None without a trainer).
+
+    The value Lightning itself passes to samplers' ``set_epoch``: the index of the epoch about to
+    run whenever the train loader is iterated, also right after restoring a checkpoint (where
+    ``current_epoch`` lags by one until the fit loop starts)."""
+    if trainer is None:
+        return None
+    return trainer.fit_loop.epoch_progress.current.processed
+
+
+def train_progress(trainer: L.Trainer | None) -> int | None:
+    """Batches of that epoch the trainer has already trained on: 0 unless it resumes mid-epoch.
+
+    Read when the train loader is iterated. Mid-epoch means the epoch has started and not ended
+    (``started > processed``); the batch counter then still holds the restored checkpoint's count
+    of processed batches (its ``completed`` lags by one when the save happened in
+    ``on_train_batch_end``). Between epochs the batch counter is stale or reset, so 0."""
+    if trainer is None:
+        return None
+    epochs = trainer.fit_loop.epoch_progress.current
+    if epochs.started <= epochs.processed:
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed

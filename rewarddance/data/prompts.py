@@ -23,8 +23,9 @@ task scores with the oracle (:meth:`PromptDataModule.val_prompts`).
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -32,13 +33,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from rewarddance.data.datamodule import train_epoch, train_progress
 from rewarddance.data.schema import Sample
 from rewarddance.data.shapes.prompts import TAGS, geneval_prompts, read_geneval_jsonl
 from rewarddance.data.shapes.splits import SPLIT_IDS
 from rewarddance.data.shapes.video import VIDEO_TAGS, sample_video_prompt
-from rewarddance.data.stream import ShardStream, StreamLoader
+from rewarddance.data.stream import STATE_FORMAT, ResumeError, ShardStream, StreamLoader
 
-__all__ = ["PromptDataModule", "PromptItem", "is_generated_source", "load_prompts", "prompt_item"]
+__all__ = ["PromptDataModule", "PromptItem", "PromptLoader", "is_generated_source", "load_prompts", "prompt_item"]
+
+log = logging.getLogger(__name__)
 
 PromptItem = dict[str, Any]
 """``{"prompt": str, "metadata": dict}``: one element of a batch."""
@@ -147,6 +151,93 @@ def load_prompts(
     return out
 
 
+class PromptLoader(DataLoader):
+    """The DataLoader of in-memory training prompts, with Lightning's stateful-dataloader protocol.
+
+    Its order is the plain DataLoader's: a shuffled epoch is a permutation drawn from ``generator``
+    when the epoch's iteration starts (under DDP Lightning swaps in a ``DistributedSampler``, whose
+    order comes from its seed and the epoch). So the position is the generator's state at the
+    start of the current epoch, its state now (after the epoch's draws, for the next epoch) and the
+    batches handed out; a restored loader resumes mid-epoch by redrawing that epoch's order and
+    passing over the batches already trained on (prompts in memory: nothing to decode). Resuming
+    mid-epoch under other settings (prompt count, batch size, sampler) is refused with
+    :class:`~rewarddance.data.stream.ResumeError`; without a saved position it warns.
+
+    Args:
+        progress_fn: Batches of the epoch about to be iterated the trainer has already trained on
+            (non-zero only when resuming mid-epoch; see :func:`~rewarddance.data.datamodule.train_progress`).
+        *args, **kwargs: Those of :class:`torch.utils.data.DataLoader`.
+    """
+
+    def __init__(self, *args: Any, progress_fn: Callable[[], int | None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress_fn = progress_fn
+        self._start: torch.Tensor | None = None  # the generator's state when the current epoch's iteration began
+        self._batches = 0
+        self._loaded: dict[str, Any] | None = None
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "items": len(self.dataset),  # type: ignore[arg-type]
+            "batch_size": self.batch_size,
+            "batches": len(self),
+            "sampler": type(self.sampler).__name__,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._loaded is not None:  # restored, not iterated yet
+            return self._loaded
+        now = self.generator.get_state() if self.generator is not None else None
+        return {
+            "format": STATE_FORMAT,
+            "kind": "prompts",
+            **self._fingerprint(),
+            "done": self._batches,
+            "start": self._start,
+            "now": now,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT or state.get("kind") != "prompts":
+            raise ResumeError(
+                f"the checkpoint's data position is a {state.get('kind', 'unknown')!r} loader's in format "
+                f"{state.get('format')!r}; this loader holds prompts in memory and reads format {STATE_FORMAT}. "
+                "Resume with the training prompts the checkpoint was saved with."
+            )
+        self._loaded = state
+
+    def __iter__(self) -> Iterator[Any]:
+        loaded, self._loaded = self._loaded, None
+        done = (self.progress_fn() if self.progress_fn is not None else None) or 0
+        if loaded is not None and self.generator is not None:
+            if done:
+                changed = {k: (loaded.get(k), v) for k, v in self._fingerprint().items() if loaded.get(k) != v}
+                if changed or loaded.get("done") != done or loaded.get("start") is None:
+                    detail = "; ".join(f"{k} was {a!r}, is {b!r}" for k, (a, b) in changed.items())
+                    raise ResumeError(
+                        f"prompts: resuming at batch {done} of an epoch, but the checkpoint's position (batch "
+                        f"{loaded.get('done')}{'; ' + detail if detail else ''}) cannot continue it exactly. "
+                        "Resume with the same settings, or from an end-of-epoch checkpoint."
+                    )
+                self.generator.set_state(loaded["start"])  # redraw this epoch's order
+            elif loaded.get("now") is not None:
+                self.generator.set_state(loaded["now"])  # the next epoch's draws, as if never interrupted
+        elif done:
+            message = (
+                f"prompts: resuming at batch {done} of an epoch, but the checkpoint holds no prompt position: the "
+                "rest of this epoch restarts from its first batches (other prompts than an uninterrupted run)."
+            )
+            log.warning(message)
+            warnings.warn(message, stacklevel=2)
+            done = 0
+        self._start = self.generator.get_state() if self.generator is not None else None
+        self._batches = 0
+        for batch in super().__iter__():
+            self._batches += 1
+            if self._batches > done:
+                yield batch
+
+
 class PromptDataModule(L.LightningDataModule):
     """Batches of prompts with their GenEval metadata, for :class:`~rewarddance.tasks.GeneratorRLTask`.
 
@@ -226,20 +317,23 @@ class PromptDataModule(L.LightningDataModule):
 
             # As ShardDataModule: ShardStream splits work over workers itself and its length is exact.
             warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
-
-            def epoch() -> int | None:
-                return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else None
-
-            return StreamLoader(stream, epoch_fn=epoch, num_workers=self.num_workers)
+            return StreamLoader(
+                stream,
+                epoch_fn=lambda: train_epoch(trainer),
+                progress_fn=lambda: train_progress(trainer),
+                num_workers=self.num_workers,
+            )
         self.setup("fit")
         assert self._train_items is not None
-        return DataLoader(
+        trainer = getattr(self, "trainer", None)
+        return PromptLoader(
             self._train_items,  # type: ignore[arg-type]
             batch_size=self.batch_size,
             shuffle=self.shuffle,
             collate_fn=_as_list,
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed),
+            progress_fn=lambda: train_progress(trainer),
         )
 
     def val_prompts(self) -> list[PromptItem]:

@@ -30,6 +30,9 @@ Bad samples raise :class:`~rewarddance.data.schema.ShardFormatError` (truncated 
 archives: :class:`ShardReadError`) naming the shard, the sample key and the field. With
 ``on_error="skip"`` they are skipped, counted per field, replaced by reading on (so batch counts stay
 equal across ranks) and reported at the end of the epoch by :class:`StreamLoader`.
+
+Every checkpoint holds the stream's position (:meth:`StreamLoader.state_dict`), so a run resumed
+mid-epoch continues with exactly the batches an uninterrupted run would have had (``docs/resume.md``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import logging
 import math
 import os
 import random
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -350,13 +354,19 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError)
 
 
 def iter_tar_samples(
-    url: str, *, skip: int = 0, policy: Callable[[str], int | None] | None = None
+    url: str,
+    *,
+    skip: int = 0,
+    policy: Callable[[str], int | None] | None = None,
+    read: Callable[[int], bool] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the raw samples of one shard as ``{"__key__", "__url__", member: bytes}`` dicts.
 
     Members are grouped into samples by key, as WebDataset does. Only members that ``policy``
     asks for are read (``_MemberPolicy``: json and images); others are never read. The first
-    ``skip`` samples are passed over without reading any member data. A sample is yielded only
+    ``skip`` samples are passed over without reading any member data. Samples whose index in the
+    shard ``read`` rejects are yielded bare (``__key__`` and ``__url__`` only), their members
+    passed over unread: a resumed stream keeps their places without paying for them. A sample is yielded only
     once the next header (or the end-of-archive block) has been read, so a truncated shard never
     yields a half-written last sample.
 
@@ -370,6 +380,7 @@ def iter_tar_samples(
         raise ShardReadError(url, f"cannot open ({type(err).__name__}: {err})") from err
     index, last_key = -1, None
     current: dict[str, Any] | None = None
+    bare = False
     try:
         while True:
             try:
@@ -392,7 +403,8 @@ def iter_tar_samples(
                     yield current
                 index, last_key = index + 1, key
                 current = {"__key__": key, "__url__": url} if index >= skip else None
-            if current is None:
+                bare = current is not None and read is not None and not read(index)
+            if current is None or bare:
                 continue
             want = policy(suffix)
             if want == _READ:
@@ -453,10 +465,46 @@ def _worker_range(
 
 
 class _Carried(NamedTuple):
-    """A batch on its way from a worker, with the counts that worker gathered since its last batch."""
+    """A batch on its way from a worker, with the counts that worker gathered since its last batch
+    and the worker's position once this batch was cut (what a resumed run must skip to continue after it)."""
 
     batch: Any
     counts: dict[str, int]
+    worker: int
+    position: int
+    good: int
+
+
+class _Cursor:
+    """A worker's position in its epoch: raw sample slots consumed (good, bad or replaced) and samples yielded.
+
+    Everything else about the stream (shard order, slice, shuffle buffer draws) is a pure function of
+    (seed, epoch, rank, worker), so these two numbers are the whole per-worker state of an epoch.
+    """
+
+    def __init__(self, position: int = 0, good: int = 0) -> None:
+        self.position, self.good = position, good
+
+
+class _Resume(NamedTuple):
+    """Where a restored epoch continues: (position, good) per worker's share, and whose batch is next."""
+
+    epoch: int
+    workers: list[tuple[int, int]]
+    next: int
+    """The share whose batch comes next. The DataLoader takes batches from its workers in turn,
+    starting with worker 0 at every ``iter()``; so a resumed iteration gives worker ``i`` the share
+    ``(next + i) % workers`` to keep the uninterrupted run's order."""
+
+
+def _emitted(items: int | None, size: int, rng: random.Random, count: int) -> frozenset[int]:
+    """Slots (input indices) among the first ``count`` outputs of :func:`_buffer_shuffle` over ``items``
+    inputs (``None``: endless). Its draws depend only on the number of items, never on their content,
+    so a resumed stream learns which slots it already used without reading any of them."""
+    if count == 0:
+        return frozenset()
+    inputs = iter(range(items)) if items is not None else itertools.count()
+    return frozenset(itertools.islice(_buffer_shuffle(inputs, size, rng), count))
 
 
 class _Failure:
@@ -576,6 +624,7 @@ class ShardStream(IterableDataset):
         # copy of the dataset between epochs) still see set_epoch() calls made in the main process.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._carry = False  # set by StreamLoader: yield _Carried batches instead of bare ones
+        self._resume: _Resume | None = None  # set by StreamLoader: where each worker continues
         self.counts: Counter[str] = Counter()
         """Counts gathered when iterated in this process (``num_workers=0`` or direct iteration)."""
 
@@ -662,23 +711,32 @@ class ShardStream(IterableDataset):
     # -- iteration -----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
+        # Not a generator itself: the epoch and the resume point are read now, when the DataLoader
+        # makes the iterator, so the loader can clear a one-time resume point right after.
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch = self.epoch
-        rank, world = self._dist()
+        epoch, resume = self.epoch, self._resume
+        cursor = _Cursor()
+        if resume is not None and resume.epoch == epoch:
+            worker = (worker + resume.next) % workers
+            cursor = _Cursor(*resume.workers[worker])
+        return self._iter(epoch, worker, workers, cursor)
+
+    def _iter(self, epoch: int, worker: int, workers: int, cursor: _Cursor) -> Iterator[Any]:
+        rank, _ = self._dist()
         counts: Counter[str] = Counter()
         sent: Counter[str] = Counter()
         try:
             if self.resampled:
-                samples = self._resampled_samples(epoch, rank, world, worker, workers, counts)
+                samples = self._resampled_samples(epoch, rank, worker, workers, counts, cursor)
             else:
-                samples = self._finite_samples(self.plan(epoch), rank, worker, workers, counts)
+                samples = self._finite_samples(self.plan(epoch), rank, worker, workers, counts, cursor)
             for batch in self._batches(samples):
                 out = self.collate_fn(batch) if self.collate_fn is not None else batch
                 if self._carry:
                     delta = {k: v - sent[k] for k, v in counts.items() if v != sent[k]}
                     sent = Counter(counts)
-                    yield _Carried(out, delta)
+                    yield _Carried(out, delta, worker, cursor.position, cursor.good)
                 else:
                     yield out
         except ShardFormatError as err:
@@ -708,58 +766,75 @@ class ShardStream(IterableDataset):
         return sample
 
     def _finite_samples(
-        self, plan: EpochPlan, rank: int, worker: int, workers: int, counts: Counter[str]
+        self, plan: EpochPlan, rank: int, worker: int, workers: int, counts: Counter[str], cursor: _Cursor
     ) -> Iterator[Sample]:
+        """This worker's samples; a ``cursor`` restored from a checkpoint continues after its position."""
         start, length, real = _worker_range(
             plan.num_samples, plan.world_size, rank, plan.samples_per_rank, workers, worker, self.batch_size
         )
-        if length == 0:
+        if length == 0 or cursor.good >= length:
             return
         shard_counts = {s.url: s.samples or 0 for s in self.shards}
         sizes = [shard_counts[u] for u in plan.shards]
-        raws = self._cyclic_raw(plan.shards, sizes, start)
+        size = self.shuffle_buffer if self.shuffle else 0
+        # Slots used before the checkpoint: the shuffle buffer's first ``done`` outputs, then any
+        # replacement reads past the slice. They are passed over unread and never decoded.
+        done = min(cursor.position, length)
+        used = _emitted(length, size, _rng(self.seed, plan.epoch, rank, worker, 0xB0F), done)
+        used |= frozenset(range(length, cursor.position))
+        raws = self._cyclic_raw(plan.shards, sizes, start, used)
         tagged = ((i, raw) for i, raw in enumerate(itertools.islice(raws, length)))
         rng = _rng(self.seed, plan.epoch, rank, worker, 0xB0F)
-        buffered = _buffer_shuffle(tagged, self.shuffle_buffer if self.shuffle else 0, rng)
-        good = 0
-        for i, raw in buffered:
+        buffered = _buffer_shuffle(tagged, size, rng)
+        for i, raw in itertools.islice(buffered, done, None):
+            cursor.position += 1
             sample = self._decode(raw, padding=i >= real, counts=counts)
             if sample is not None:
-                good += 1
+                cursor.good += 1
                 counts["samples"] += 1
                 counts["padded"] += sample.padding
                 yield sample
+        for _ in range(cursor.position - length):
+            next(raws)  # replacement reads made before the checkpoint (bare: nothing read)
         # Skipped samples are replaced by reading on past the slice (cyclically), so this worker --
         # and so this rank -- still yields exactly its share of batches: a rank that ran short would
         # leave the others waiting in a collective forever.
         reads_since_good = 0
-        while good < length:
+        while cursor.good < length:
             reads_since_good += 1
             if reads_since_good > plan.num_samples:
                 raise RuntimeError(f"{self.name}: a whole pass over the data set without a good sample")
+            cursor.position += 1
             sample = self._decode(next(raws), padding=True, counts=counts)
             if sample is not None:
                 reads_since_good = 0
-                good += 1
+                cursor.good += 1
                 counts["samples"] += 1
                 counts["replaced"] += 1
                 yield sample
 
-    def _cyclic_raw(self, urls: Sequence[str], sizes: Sequence[int], start: int) -> Iterator[dict[str, Any] | _Lost]:
-        """Raw samples from global position ``start`` on, wrapping around the epoch's shard sequence."""
+    def _cyclic_raw(
+        self, urls: Sequence[str], sizes: Sequence[int], start: int, unread: frozenset[int] = frozenset()
+    ) -> Iterator[dict[str, Any] | _Lost]:
+        """Raw samples from global position ``start`` on, wrapping around the epoch's shard sequence.
+
+        The ``n``-th raw sample yielded is bare (no member read) when ``n`` is in ``unread``."""
         offsets = list(itertools.accumulate(sizes, initial=0))
         total = offsets[-1]
         pos = start % total
         k = bisect.bisect_right(offsets, pos) - 1
         skip = pos - offsets[k]
+        n = 0  # raw samples yielded so far
         while True:
             url, expected = urls[k], sizes[k]
             got = skip
+            read = _reader(unread, n - skip)
             try:
-                for raw in iter_tar_samples(url, skip=skip, policy=self.policy):
+                for raw in iter_tar_samples(url, skip=skip, policy=self.policy, read=read):
                     if got >= expected:
                         break  # more samples than the manifest says: the rest belong to nobody
                     got += 1
+                    n += 1
                     yield raw
                 if got < expected:
                     raise ShardReadError(url, f"has {got} samples, the manifest says {expected}")
@@ -769,41 +844,48 @@ class ShardStream(IterableDataset):
                 # Every position this shard still owed is lost; report each so the slot accounting
                 # (padding flags, replacements) stays exact.
                 for _ in range(expected - got):
+                    n += 1
                     yield _Lost(err)
             k, skip = (k + 1) % len(urls), 0
 
     def _resampled_samples(
-        self, epoch: int, rank: int, world: int, worker: int, workers: int, counts: Counter[str]
+        self, epoch: int, rank: int, worker: int, workers: int, counts: Counter[str], cursor: _Cursor
     ) -> Iterator[Sample]:
         quota = int(self.epoch_length or 0)
         batches = math.ceil(quota / self.batch_size)
         b0, b1 = worker * batches // workers, (worker + 1) * batches // workers
         length = max(0, min(b1 * self.batch_size, quota) - b0 * self.batch_size)
-        if length == 0:
+        if length == 0 or cursor.good >= length:
             return
         pick = _rng(self.seed, epoch, rank, worker, 0x5E1)
+        size = self.shuffle_buffer if self.shuffle else 0
+        done = cursor.position  # outputs of the shuffle buffer used before the checkpoint
+        unread = _emitted(None, size, _rng(self.seed, epoch, rank, worker, 0xB0F), done)
 
         def raws() -> Iterator[dict[str, Any] | _Lost]:
-            empty_in_a_row = 0
+            empty_in_a_row, n = 0, 0
             while True:
                 url = self.shards[pick.randrange(len(self.shards))].url
                 got_any = False
                 try:
-                    for raw in iter_tar_samples(url, policy=self.policy):
+                    for raw in iter_tar_samples(url, policy=self.policy, read=_reader(unread, n)):
                         got_any = True
+                        n += 1
                         yield raw
                 except ShardReadError as err:
                     if self.on_error == "raise":
                         raise
+                    n += 1
                     yield _Lost(err)  # one count per failed shard read: without counts, positions are unknown
                 empty_in_a_row = 0 if got_any else empty_in_a_row + 1
                 if empty_in_a_row > 10 * len(self.shards) + 100:
                     raise RuntimeError(f"{self.name}: drew {empty_in_a_row} shards in a row without a sample")
 
         buf_rng = _rng(self.seed, epoch, rank, worker, 0xB0F)
-        stream = _buffer_shuffle(raws(), self.shuffle_buffer if self.shuffle else 0, buf_rng)
-        good, bad_in_a_row = 0, 0
-        for raw in stream:
+        stream = _buffer_shuffle(raws(), size, buf_rng)
+        bad_in_a_row = 0
+        for raw in itertools.islice(stream, done, None):
+            cursor.position += 1
             sample = self._decode(raw, padding=False, counts=counts)
             if sample is None:
                 bad_in_a_row += 1
@@ -811,15 +893,22 @@ class ShardStream(IterableDataset):
                     raise RuntimeError(f"{self.name}: 1000 bad samples in a row; see the skipped counts {dict(counts)}")
                 continue
             bad_in_a_row = 0
-            good += 1
+            cursor.good += 1
             counts["samples"] += 1
             yield sample
-            if good >= length:
+            if cursor.good >= length:
                 return
 
 
 def _reason(err: ShardFormatError) -> str:
     return err.field
+
+
+def _reader(unread: frozenset[int], base: int) -> Callable[[int], bool] | None:
+    """``iter_tar_samples``'s ``read`` for a shard whose sample index 0 would be raw slot ``base``."""
+    if not unread:
+        return None
+    return lambda index: base + index not in unread
 
 
 # --------------------------------------------------------------------------------------------
@@ -830,8 +919,16 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+class ResumeError(ValueError):
+    """A checkpoint's data position cannot be continued exactly with the current settings."""
+
+
+STATE_FORMAT = 1
+"""Version of :meth:`StreamLoader.state_dict`'s layout."""
+
+
 class StreamLoader(DataLoader):
-    """A DataLoader for :class:`ShardStream` that keeps the epoch and reports skipped samples.
+    """A DataLoader for :class:`ShardStream` that keeps the epoch, its position, and reports skipped samples.
 
     At each ``iter()`` it sets the dataset's epoch -- from ``epoch_fn`` (the DataModule passes the
     trainer's epoch), else the last :meth:`set_epoch`, else a count of previous iterations -- so
@@ -840,9 +937,26 @@ class StreamLoader(DataLoader):
     iteration ends :attr:`last_report` is set and a summary line is logged (a warning when bad
     samples were skipped). Counts are per rank: each rank reports its own.
 
+    **Exact resume.** The loader implements Lightning's stateful-dataloader protocol
+    (:meth:`state_dict` / :meth:`load_state_dict`, saved in every checkpoint under the fit loop's
+    ``combined_loader``). A stream's epoch is a pure function of (seed, epoch, rank, worker), so
+    its position is small: per DataLoader worker, the raw sample slots consumed and the samples
+    yielded, as of the last batch handed out (the workers send them with each batch). A restored
+    loader continues each worker right after that point: the slots already used are passed over
+    without reading their members or decoding them (the shuffle buffer's draws do not depend on
+    the samples, so which slots were used is recomputed, not stored). Under DDP every rank's
+    position is gathered into the one checkpoint (:meth:`state_dict` is then a collective, as
+    Lightning's checkpoint saving already is). A position that cannot be continued exactly --
+    saved with another number of workers or ranks, batch size, seed, shuffle settings or shard
+    list -- is refused with :class:`ResumeError`; resuming mid-epoch with no saved position
+    (a checkpoint from before positions were saved) warns that the epoch restarts on other data.
+
     Args:
         dataset: The stream.
         epoch_fn: Returns the epoch to use at each new iteration, or ``None`` to fall back.
+        progress_fn: Returns how many batches of the epoch about to be iterated the trainer has
+            already trained on (non-zero only when resuming mid-epoch), or ``None`` if unknown;
+            the restored position must match it.
         name: Name in log lines; defaults to the stream's name.
         **kwargs: Passed to :class:`torch.utils.data.DataLoader` (``num_workers``,
             ``pin_memory``, ...); ``batch_size`` and ``collate_fn`` are fixed (batching happens in
@@ -854,6 +968,7 @@ class StreamLoader(DataLoader):
         dataset: ShardStream,
         *,
         epoch_fn: Callable[[], int | None] | None = None,
+        progress_fn: Callable[[], int | None] | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -862,14 +977,16 @@ class StreamLoader(DataLoader):
         kwargs.pop("collate_fn", None)
         super().__init__(dataset, batch_size=None, collate_fn=_identity, **kwargs)
         dataset._carry = True
-        self.epoch_fn = epoch_fn
+        self.epoch_fn, self.progress_fn = epoch_fn, progress_fn
         self.name = name or dataset.name
         self._set_epoch: int | None = None
         self._iterations = 0
+        self._position: dict[str, Any] = {"epoch": -1, "batches": 0, "workers": [], "next": 0, "counts": {}}
+        self._loaded: list[dict[str, Any]] | None = None  # restored positions of all ranks, until used
         self.last_report: dict[str, Any] | None = None
         """Counts of the last completed epoch (see :meth:`_report`)."""
         self.totals: Counter[str] = Counter()
-        """Counts summed over all epochs iterated so far (also partial ones)."""
+        """Counts summed over all epochs iterated so far by this process (also partial ones)."""
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the next iterations (when no ``epoch_fn`` gives one)."""
@@ -881,6 +998,90 @@ class StreamLoader(DataLoader):
             epoch = self._set_epoch if self._set_epoch is not None else self._iterations
         return int(epoch)
 
+    # -- the stateful-dataloader protocol ------------------------------------------------------
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What a position depends on besides the epoch: a position is only valid under the same values."""
+        stream: ShardStream = self.dataset  # type: ignore[assignment]
+        shards = json.dumps([[os.path.basename(s.url), s.samples] for s in stream.shards])
+        return {
+            "num_workers": max(1, self.num_workers),
+            "world_size": stream.world_size,
+            "batch_size": stream.batch_size,
+            "seed": stream.seed,
+            "shuffle": stream.shuffle,
+            "shuffle_buffer": stream.shuffle_buffer if stream.shuffle else 0,
+            "resampled": stream.resampled,
+            "epoch_length": stream.epoch_length,
+            "even_out": stream.even_out,
+            "shards": f"{len(stream.shards)} shards, crc32 {zlib.crc32(shards.encode()):08x}",
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """This loader's position (every rank's, under DDP) as plain data, for the checkpoint.
+
+        Under an initialised process group with more than one rank this is a collective: every rank
+        must call it (Lightning does, in ``trainer.save_checkpoint``)."""
+        stream: ShardStream = self.dataset  # type: ignore[assignment]
+        if self._loaded is not None:  # restored but not iterated yet: the restored position still holds
+            mine = next((s for s in self._loaded if s.get("rank") == stream.rank), None)
+        else:
+            mine = {"name": self.name, "rank": stream.rank, **self._fingerprint(), **self._position}
+        ranks = [mine]
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+        return {"format": STATE_FORMAT, "kind": "shards", "ranks": [r for r in ranks if r is not None]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` at the next ``iter()`` (checked against the settings then)."""
+        if state.get("format") != STATE_FORMAT or state.get("kind") != "shards":
+            raise ResumeError(
+                f"{self.name}: the checkpoint's data position is a {state.get('kind', 'unknown')!r} loader's in "
+                f"format {state.get('format')!r}; this loader streams shards and reads format {STATE_FORMAT}. "
+                "Resume with the training data the checkpoint was saved with."
+            )
+        self._loaded = state["ranks"]
+
+    def _restore(self, stream: ShardStream, epoch: int) -> dict[str, Any] | None:
+        """The restored position to continue ``epoch`` from, or None to start it afresh."""
+        loaded, self._loaded = self._loaded, None
+        done = self.progress_fn() if self.progress_fn is not None else None
+        mine = next((s for s in loaded or () if s.get("rank") == stream.rank), None)
+        if done is None:  # no trainer to ask: trust the restored position
+            done = mine["batches"] if mine is not None and mine.get("epoch") == epoch else 0
+        if done == 0:
+            return None
+        where = f"{self.name}: resuming at batch {done} of epoch {epoch}"
+        if mine is None:
+            message = (
+                f"{where}, but the checkpoint holds no data position for rank {stream.rank} (saved by an older "
+                "rewarddance, or by a loader without state). The rest of this epoch restarts from its first "
+                "batches: some samples are seen twice and others not at all. For exact data, resume from an "
+                "end-of-epoch checkpoint."
+            )
+            log.warning(message)
+            warnings.warn(message, stacklevel=2)
+            return None
+        now = self._fingerprint()
+        changed = {k: (mine.get(k), v) for k, v in now.items() if mine.get(k) != v}
+        if changed:
+            detail = "; ".join(f"{k} was {old!r}, is {new!r}" for k, (old, new) in changed.items())
+            raise ResumeError(
+                f"{where}, but the data position was saved under other settings ({detail}), so the rest of the "
+                "epoch would be other data. Resume with the same settings (num_workers, devices, batch size, "
+                "seed, shuffle, shards), or from an end-of-epoch checkpoint."
+            )
+        if mine.get("epoch") != epoch or mine.get("batches") != done:
+            raise ResumeError(
+                f"{where}, but the checkpoint's data position is batch {mine.get('batches')} of epoch "
+                f"{mine.get('epoch')}: the checkpoint is inconsistent."
+            )
+        return mine
+
+    # -- iteration -----------------------------------------------------------------------------
+
     def __iter__(self) -> Iterator[Any]:
         stream: ShardStream = self.dataset  # type: ignore[assignment]
         epoch = self._next_epoch()
@@ -888,17 +1089,41 @@ class StreamLoader(DataLoader):
         stream.prepare()
         self._iterations += 1
         expected = len(stream)
-        counts: Counter[str] = Counter()
-        batches = 0
+        restored = self._restore(stream, epoch)
+        workers = max(1, self.num_workers)
+        if restored is not None:
+            positions = [tuple(w) for w in restored["workers"]]
+            batches, counts, turn = int(restored["batches"]), Counter(restored["counts"]), int(restored["next"])
+            stream._resume = _Resume(epoch, positions, turn)  # type: ignore[arg-type]
+        else:
+            positions, batches, counts, turn = [(0, 0)] * workers, 0, Counter(), 0
+
+        def position() -> dict[str, Any]:
+            return {
+                "epoch": epoch,
+                "batches": batches,
+                "workers": list(positions),
+                "next": turn,
+                "counts": dict(counts),
+            }
+
+        self._position = position()
+        try:
+            iterator = super().__iter__()  # workers start here, each with a copy of the resume point
+        finally:
+            stream._resume = None  # one time only
         reported = False
-        for item in super().__iter__():
+        for item in iterator:
             if isinstance(item, _Failure):
                 raise item.error
             if isinstance(item, _Carried):
                 counts.update(item.counts)
                 self.totals.update(item.counts)
+                positions[item.worker] = (item.position, item.good)
+                turn = (item.worker + 1) % workers
                 item = item.batch
             batches += 1
+            self._position = position()
             if batches == expected:
                 # Report before handing out the last batch: Lightning stops after len(loader) batches
                 # without asking for more, so code after the loop would never run. Every worker's

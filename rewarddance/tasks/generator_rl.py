@@ -1044,9 +1044,18 @@ class GeneratorRLTask(L.LightningModule):
         return folder
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rewarddance_rl"] = {"history": self.history, "generator": str(self.hparams.generator)}
+        # The reward-std window too (torchmetrics keeps metric states out of state_dict): a resumed run's
+        # window_std then continues the uninterrupted run's.
+        window = {name: getattr(self.reward_variance, name) for name in self.reward_variance._defaults}
+        checkpoint["rewarddance_rl"] = {
+            "history": self.history,
+            "generator": str(self.hparams.generator),
+            "reward_window": window,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = checkpoint.get("rewarddance_rl")
         if record is not None:
             self.history = record["history"]
+            for name, value in record.get("reward_window", {}).items():
+                setattr(self.reward_variance, name, value.to(self.reward_variance.device))

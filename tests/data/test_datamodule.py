@@ -162,6 +162,33 @@ def test_skipped_samples_are_reported_at_epoch_end(tmp_path, caplog):
     assert len(module.train_keys[0]) == 8 and "r5" not in module.train_keys[0]
 
 
+def test_skip_counts_close_each_stage_summed_over_epochs_and_workers(tmp_path, caplog):
+    train = [good_record(f"t{i}", i) for i in range(10)]
+    for i in (2, 7):
+        train[i] = with_meta(train[i], label="both")
+    val = [good_record(f"v{i}", i) for i in range(6)]
+    val[4] = {k: v for k, v in val[4].items() if k != "first.png"}  # an image member missing
+    write_records(tmp_path / "train", [train[:5], train[5:]])
+    write_records(tmp_path / "val", [val])
+    dm = ShardDataModule(
+        train=str(tmp_path / "train"), val=str(tmp_path / "val"), batch_size=2, num_workers=2, on_error="skip"
+    )
+    with caplog.at_level(logging.INFO, logger="rewarddance.data"):
+        trainer(max_epochs=2, num_sanity_val_steps=0).fit(Recorder(), datamodule=dm)
+    # Two bad training samples in each of 2 epochs (counted in the workers); one bad validation sample each epoch.
+    assert dm.summary == {"train": {"label": 4}, "validate/val": {"first": 2}}
+    closing = caplog.records[-1]
+    assert closing.levelno == logging.WARNING
+    assert closing.getMessage() == (
+        "on_error=skip, fit rank 0: skipped 6 bad samples (train: label=4; validate/val: first=2)"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rewarddance.data"):
+        trainer().validate(Recorder(), datamodule=dm)
+    assert dm.summary == {"validate/val": {"first": 1}}  # each stage closes with its own counts
+    assert caplog.records[-1].getMessage().startswith("on_error=skip, validate rank 0: skipped 1 bad samples")
+
+
 def test_config_parses_like_lightning_cli_builds_it():
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(ShardDataModule, "data")

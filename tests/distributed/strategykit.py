@@ -11,6 +11,7 @@ train and which changed. The test computes the single-process reference from the
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -135,7 +136,10 @@ def _run(data: str, out: Path, name: str) -> None:
     dm = ShardDataModule(train=data, batch_size=BATCH_SIZE, num_workers=0, shuffle=False)
     ckpt_path = None
     if spec.get("resume"):
-        ckpt_path = json.loads((out / f"{spec['resume']}-rank0.json").read_text())["checkpoint"]
+        # Each rank reads the record it wrote itself (rank 0's may not be written yet: no barrier between
+        # scenarios); ModelCheckpoint knows the path on every rank, and Lightning loads from rank 0's anyway.
+        rank = int(os.environ.get("LOCAL_RANK", "0"))  # set by Lightning's launcher for rank 1; one node
+        ckpt_path = json.loads((out / f"{spec['resume']}-rank{rank}.json").read_text())["checkpoint"]
         trainer.fit_loop.max_epochs = 2
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     callback = trainer.checkpoint_callback
