@@ -9,6 +9,7 @@ are documented from the functions' signatures and docstrings.
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -23,8 +24,14 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from rewarddance.checkpointing import AtomicCheckpointIO
 from rewarddance.commands import COMMANDS, CommandTree
 from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
+from rewarddance.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, debug_requested, describe, is_expected
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask  # noqa: F401 - short class_path in YAML
 from rewarddance.wandb_resume import WandbRunId, resume_wandb_run
+
+DESCRIPTION = (
+    __doc__.splitlines()[0] + " Errors are reported in a line or two; add --debug (or set REWARDDANCE_DEBUG=1) "
+    "for the traceback."
+)
 
 
 def _short_doc(fn: Callable[..., Any]) -> str:
@@ -160,14 +167,32 @@ def main(args: list[str] | None = None) -> RewardDanceCLI:
 
     Tests and notebooks call ``main(["fit", "--config", "configs/quickstart.yaml"])`` in-process;
     ``cli.result`` holds what a project command returned.
+
+    An expected error (:func:`rewarddance.errors.is_expected`: a bad file, name, value, sample or
+    checkpoint) is printed in a line or two on stderr and ends the command with
+    ``SystemExit(EXIT_USER_ERROR)``; ``--debug`` (removed here, before the parser sees it) or
+    ``REWARDDANCE_DEBUG=1`` lets it propagate with its traceback. Other exceptions are bugs and
+    always propagate.
     """
-    with warnings.catch_warnings():
-        # Called in-process (tests, notebooks) the host's own argv is set too; args wins, as intended.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
-        return RewardDanceCLI(
-            args=args,
-            parser_kwargs={"prog": "python -m rewarddance", "description": __doc__.splitlines()[0]},
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-        )
+    debug, argv = debug_requested(list(sys.argv[1:] if args is None else args))
+    try:
+        with warnings.catch_warnings():
+            # Called in-process (tests, notebooks) the host's own argv is set too; args wins, as intended.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+            return RewardDanceCLI(
+                args=argv,
+                parser_kwargs={"prog": "python -m rewarddance", "description": DESCRIPTION},
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+            )
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("rewarddance: interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as error:
+        if debug or not is_expected(error):
+            raise
+        print(describe(error), file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None

@@ -33,6 +33,7 @@ import yaml
 from PIL import Image
 from transformers import BatchFeature
 
+from rewarddance.errors import RewardDanceError
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Visual, prompt_to_messages
 
 QuestionKind = Literal["pairwise", "pointwise"]
@@ -53,11 +54,11 @@ _REQUIRED_KEYS = ("name", "pairwise", "pointwise", "criteria", "default_criteria
 _OPTIONAL_KEYS = ("system", "instruction")
 
 
-class TemplateError(ValueError):
+class TemplateError(RewardDanceError, ValueError):
     """A template file or dict misses a field, has an unknown one, or misplaces a placeholder."""
 
 
-class BadInputError(ValueError):
+class BadInputError(RewardDanceError, ValueError):
     """Inputs the processor cannot take (named by sample key), or a prompt that cannot fit at all.
 
     Attributes:

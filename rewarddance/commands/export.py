@@ -77,7 +77,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: ``path`` is neither a checkpoint file nor a sharded folder with ``meta.pt``.
     """
-    from rewarddance.checkpointing import AtomicCheckpointIO
+    from rewarddance.checkpointing import AtomicCheckpointIO, load_plain
 
     path = Path(path)
     if path.is_dir():
@@ -86,7 +86,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path} is a folder without {META_FILE}: not a complete sharded checkpoint (a save killed "
                 "half-way, or another folder); use the newest epoch=..-step=..ckpt folder that has one."
             )
-        return torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+        return load_plain(path / META_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     return AtomicCheckpointIO().load_checkpoint(path)
