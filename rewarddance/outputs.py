@@ -18,8 +18,9 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "relocated"]
 
 
 def _remove(path: Path) -> None:
@@ -78,3 +79,23 @@ def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[
             with contextlib.suppress(OSError):
                 parent.rmdir()
         raise
+
+
+def relocated(value: Any, tmp: Path, target: str | os.PathLike) -> Any:
+    """``value`` with every path string under ``tmp`` rewritten to the same place under ``target``.
+
+    For what a library returns about the files it wrote into an :func:`atomic_output` temporary
+    path (summaries with ``out``, ``files``...), once they have been renamed into place.
+    """
+    if isinstance(value, str):
+        prefix = str(tmp)
+        if value == prefix or value.startswith(prefix + os.sep):
+            return str(Path(target)) + value[len(prefix) :]
+        return value
+    if isinstance(value, Path):
+        return Path(relocated(str(value), tmp, target))
+    if isinstance(value, dict):
+        return {k: relocated(v, tmp, target) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(relocated(v, tmp, target) for v in value)
+    return value

@@ -545,8 +545,7 @@ class RewardModel:
                 )
             rewards.append(r)
             rationales += reasons or []
-            report.truncated += part.truncated
-            report.truncated_tokens += part.truncated_tokens
+            report.add(part)
         self.last_report = report
         self.last_rationales = rationales or None
         return torch.cat(rewards) if rewards else torch.zeros(0)
