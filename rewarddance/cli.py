@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-from rewarddance.checkpointing import AtomicCheckpointIO
+from rewarddance.checkpointing import AtomicCheckpointIO, load_error
 from rewarddance.commands import COMMANDS, CommandTree
 from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
 from rewarddance.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, debug_requested, describe, is_expected
@@ -138,6 +138,18 @@ class RewardDanceCLI(LightningCLI):
         # parsed config, as the logger's id is an init argument.
         if self.subcommand == "fit":
             resume_wandb_run(self.config["fit"])
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyperparameters with a bare torch.load before the trainer loads it
+        # through AtomicCheckpointIO: report an unreadable or unsafe file the same way here.
+        try:
+            super()._parse_ckpt_path()
+        except Exception as err:
+            path = self.config[self.config["subcommand"]].get("ckpt_path")
+            refusal = load_error(path, err) if path else None
+            if refusal is None:
+                raise
+            raise refusal from err
 
     def _set_seed(self) -> None:
         if self.config["subcommand"] not in self.project_commands:

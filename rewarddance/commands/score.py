@@ -11,6 +11,7 @@ from typing import Any, Literal
 from PIL import Image
 from tqdm import tqdm
 
+from rewarddance.data.jsonl import read_jsonl
 from rewarddance.errors import BadFileError, UsageError
 from rewarddance.outputs import atomic_output
 
@@ -43,15 +44,7 @@ def _folder_items(folder: Path) -> Iterator[dict[str, Any]]:
     meta = folder / "metadata.jsonl"
     if not meta.exists():
         raise FileNotFoundError(f"{folder} needs a metadata.jsonl with one {{'file_name', 'prompt'}} object per line")
-    for line_no, line in enumerate(meta.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BadFileError(f"{meta}, line {line_no}: not valid JSON ({err.msg}, column {err.colno})") from err
-        if not isinstance(row, dict):
-            raise BadFileError(f"{meta}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+    for line_no, row in read_jsonl(meta):
         for field in ("file_name", "prompt"):
             if not row.get(field):
                 raise BadFileError(f"{meta}, line {line_no}, field {field!r}: missing or empty")
