@@ -156,6 +156,7 @@ def load_error(path: str | os.PathLike, err: BaseException) -> Exception | None:
         # torch's message starts with its advice to retry with weights_only=False: keep only the reason.
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        reason = reason.split(" Please use")[0].rstrip(".")  # drop torch's how-to-allowlist advice
         return UnsafeCheckpointError(
             f"Refusing to load checkpoint {os.fspath(path)!r}: it contains objects other than tensors and "
             f"plain data, and unpickling them could run arbitrary code ({reason}). rewarddance checkpoints "

@@ -12,8 +12,10 @@ import inspect
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -24,7 +26,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from rewarddance.checkpointing import AtomicCheckpointIO, load_error
 from rewarddance.commands import COMMANDS, CommandTree
 from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
-from rewarddance.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, debug_requested, describe, is_expected
+from rewarddance.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, BadFileError, debug_requested, describe, is_expected
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask  # noqa: F401 - short class_path in YAML
 from rewarddance.wandb_resume import WandbRunId, resume_wandb_run
 
@@ -174,6 +176,23 @@ class RewardDanceCLI(LightningCLI):
         self.result = fn(*args, **kwargs)
 
 
+def _check_config_files(argv: list[str]) -> None:
+    """Name the file of a ``--config`` that is not valid YAML (jsonargparse's message names only line and column)."""
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        if path is None or not Path(path).is_file():
+            continue  # a missing file is jsonargparse's to report (it names it)
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise BadFileError(f"config file {path}{where}: not valid YAML ({problem})") from err
+
+
 def main(args: list[str] | None = None) -> RewardDanceCLI:
     """Run the command line with ``args`` (default: ``sys.argv[1:]``); returns the CLI object.
 
@@ -188,6 +207,7 @@ def main(args: list[str] | None = None) -> RewardDanceCLI:
     """
     debug, argv = debug_requested(list(sys.argv[1:] if args is None else args))
     try:
+        _check_config_files(argv)
         with warnings.catch_warnings():
             # Called in-process (tests, notebooks) the host's own argv is set too; args wins, as intended.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
