@@ -26,7 +26,15 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from rewarddance.checkpointing import AtomicCheckpointIO, load_error
 from rewarddance.commands import COMMANDS, CommandTree
 from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
-from rewarddance.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, BadFileError, debug_requested, describe, is_expected
+from rewarddance.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    BadFileError,
+    UsageError,
+    debug_requested,
+    describe,
+    is_expected,
+)
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask  # noqa: F401 - short class_path in YAML
 from rewarddance.wandb_resume import WandbRunId, resume_wandb_run
 
@@ -162,8 +170,16 @@ class RewardDanceCLI(LightningCLI):
             super()._add_instantiators()
 
     def instantiate_classes(self) -> None:
-        if self.config["subcommand"] not in self.project_commands:
+        if self.config["subcommand"] in self.project_commands:
+            return
+        try:
             super().instantiate_classes()
+        except ValueError as err:
+            if is_expected(err):
+                raise
+            # The parser checked the types; a ValueError from a configured class's constructor is its check of a
+            # value the user gave (e.g. GeneratorRLTask's algorithm, the Trainer's arguments).
+            raise UsageError(f"the {self.config['subcommand']} configuration was refused: {err}") from err
 
     def _run_subcommand(self, subcommand: str) -> None:
         resolved = self._resolve_command()

@@ -138,6 +138,9 @@ CASES: dict[str, Case] = {
     "unknown option": Case(
         lambda e: ["fit", "--config", QUICKSTART, "--no_such_option", "1"], lambda e: "no_such_option", code=2
     ),
+    "value a task's constructor refuses": Case(
+        lambda e: _fit(e, "--model.init_args.examples", "-1"), lambda e: "examples must be >= 0, got -1"
+    ),
     "unknown backbone in fit": Case(
         lambda e: _fit(e, "--model.init_args.backbone", "nosuch-vlm"), lambda e: "unknown backbone 'nosuch-vlm'"
     ),
