@@ -244,3 +244,13 @@ def main(args: list[str] | None = None) -> RewardDanceCLI:
             raise
         print(describe(error), file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def console_main() -> int:
+    """Entry point of the ``rewarddance`` console script and ``python -m rewarddance``: exit status 0 on success.
+
+    (The script runs ``sys.exit(entry_point())``; :func:`main` returns the CLI object, which
+    ``sys.exit`` would print and turn into status 1.) Errors exit through :func:`main`'s ``SystemExit``.
+    """
+    main()
+    return 0

@@ -407,7 +407,14 @@ def test_a_bug_keeps_its_traceback(env: Any, monkeypatch: pytest.MonkeyPatch) ->
         main(_score(env, "--prompt", "p", "--image", str(env.image)))
 
 
-def test_python_m_rewarddance_exits_1_with_two_lines_and_traceback_on_request(env: Any) -> None:
+def test_console_script_and_python_m_exit_0_or_1_with_two_lines(env: Any) -> None:
+    # The console script (installed by pip) runs sys.exit(entry point): it must get 0, not the CLI object.
+    script = Path(sys.executable).with_name("rewarddance")
+    if not script.exists():
+        pytest.skip(f"no console script next to {sys.executable}: the package is not pip-installed here")
+    ok = subprocess.run([str(script), "data", "inspect", str(env.shards)], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "inspected 4 samples" in ok.stdout and "RewardDanceCLI object" not in ok.stdout + ok.stderr
     args = [sys.executable, "-m", "rewarddance", "data", "inspect", str(env.root / "no-shards")]
     plain = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert plain.returncode == 1
