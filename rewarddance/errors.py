@@ -28,6 +28,7 @@ __all__ = [
     "UsageError",
     "debug_requested",
     "describe",
+    "hub_hint",
     "is_expected",
 ]
 
@@ -83,6 +84,15 @@ def describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in message:
         message = f"{message}: {error.filename}"
     return f"rewarddance: error: {message}\n(add {DEBUG_FLAG} or set {DEBUG_ENV}=1 for the traceback)"
+
+
+def hub_hint() -> str:
+    """What to check when a hub id does not load; offline mode (``HF_HUB_OFFLINE``) loads only cached ids."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set, so only hub ids already in the local cache load."
+    return "Check the id, the network, and for gated models your token (hf auth login)."
 
 
 def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import constants as hub_constants
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -49,7 +48,7 @@ from transformers import (
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from rewarddance.errors import BadFileError, RewardDanceError, UsageError
+from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
 from rewarddance.models.inputs import Message, Visual, encode
 from rewarddance.models.processors import (
     InternVLImageOnlyProcessor,
@@ -645,12 +644,6 @@ def _known_backbones() -> str:
     )
 
 
-def _hub_hint() -> str:
-    if hub_constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set, so only hub ids already in the local cache load. "
-    return "Check the id, the network, and for gated models your token (hf auth login). "
-
-
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -824,7 +817,7 @@ def load_backbone(
                 raise BadFileError(f"cannot load the backbone in folder {name!r}: {error}") from error
             raise UsageError(
                 f"cannot load backbone {name!r} from the Hugging Face hub ({_first_line(error)}). "
-                f"{_hub_hint()}{_known_backbones()}"
+                f"{hub_hint()} {_known_backbones()}"
             ) from error
         except ValueError as error:
             if isinstance(error, RewardDanceError) or not Path(name).is_dir():

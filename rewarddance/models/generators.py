@@ -72,7 +72,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from rewarddance.errors import UsageError
+from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
 from rewarddance.models.tokenizer import shapes_corpus
 
 Kind = Literal["unet", "flow", "video"]
@@ -934,7 +934,15 @@ def load_generator(
             kwargs["revision"] = revision
         # The family's own class rather than DiffusionPipeline: same loading code, but a folder
         # whose model_index.json names another pipeline fails here instead of later in sample().
-        pipeline = spec.pipeline_class.from_pretrained(target, **kwargs)
+        try:
+            pipeline = spec.pipeline_class.from_pretrained(target, **kwargs)
+        except (OSError, ValueError) as error:
+            # diffusers names neither the folder nor the hub id in some of these (a missing weights file, no network).
+            if isinstance(error, RewardDanceError):
+                raise
+            if Path(target).is_dir():
+                raise BadFileError(f"cannot load the generator in folder {target!r}: {error}") from error
+            raise UsageError(f"cannot load generator {target!r} from the hub ({error}). {hub_hint()}") from error
     for module in pipeline.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()
