@@ -154,6 +154,10 @@ CASES: dict[str, Case] = {
     "missing training shards": Case(
         lambda e: _fit(e, "--data.init_args.train", str(e.root / "no-shards")), lambda e: "no-shards"
     ),
+    "training shard with a bad sample": Case(
+        lambda e: _fit(e, "--data.init_args.train", str(e.root / "bad-sample")),
+        lambda e: "sample 'bad-1', field 'label'",
+    ),
     "fit --ckpt_path truncated": Case(
         lambda e: _fit(e, "--ckpt_path", str(e.root / "truncated.ckpt")), lambda e: "truncated.ckpt' is corrupt"
     ),
