@@ -81,6 +81,10 @@ def is_expected(error: BaseException) -> bool:
 def describe(error: BaseException) -> str:
     """The line(s) the command line prints for an expected error."""
     message = str(error).strip() or type(error).__name__
+    if "\nOriginal Traceback (most recent call last):" in message:
+        # torch re-raises a DataLoader worker's error with the worker's traceback as its message; its last
+        # line is the original "Type: message".
+        message = message.splitlines()[-1].strip()
     if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in message:
         message = f"{message}: {error.filename}"
     return f"rewarddance: error: {message}\n(add {DEBUG_FLAG} or set {DEBUG_ENV}=1 for the traceback)"

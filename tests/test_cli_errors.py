@@ -24,6 +24,7 @@ from PIL import Image
 
 from rewarddance.cli import main
 from rewarddance.data.shapes import build_split
+from rewarddance.errors import describe
 from rewarddance.tasks import GenerativeRewardTask
 from tests.data import importer_fixtures as fx
 from tests.data.streamkit import good_record, with_meta, write_records
@@ -455,3 +456,18 @@ def test_cases_are_distinct() -> None:
 def _dummy_env() -> dict[str, Any]:
     root = Path("/nonexistent")
     return {"root": root, "model": root / "m", "image": root / "i.png", "shards": root / "s", "pickapic": root / "p"}
+
+
+class _MissingFile(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> Any:
+        raise FileNotFoundError("shard 'x.tar' does not exist")
+
+
+def test_an_error_from_a_dataloader_worker_is_reported_without_the_worker_traceback() -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        next(iter(torch.utils.data.DataLoader(_MissingFile(), num_workers=1)))
+    assert "Original Traceback" in str(info.value)  # torch puts the worker's traceback into the message
+    assert describe(info.value).splitlines()[0] == "rewarddance: error: FileNotFoundError: shard 'x.tar' does not exist"
