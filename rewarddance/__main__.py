@@ -1,4 +1,6 @@
-from rewarddance.cli import main
+import sys
+
+from rewarddance.cli import console_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(console_main())

@@ -12,7 +12,9 @@ at most one stale ``.*.tmp`` file beside it, which nothing loads (Lightning only
 Loading uses ``torch.load(weights_only=True)``: a checkpoint here holds only tensors and plain
 data (the tasks keep hyperparameters plain on purpose), so one that needs arbitrary unpickling is
 refused with :class:`UnsafeCheckpointError` naming the file and the offending object; there is no
-fallback to full unpickling. A *trusted* file with such objects can be loaded by configuring
+fallback to full unpickling. A file that cannot be read at all (empty, truncated, not a checkpoint)
+is reported as :class:`~rewarddance.errors.CorruptCheckpointError` instead, with the advice to use
+the previous checkpoint. A *trusted* file with such objects can be loaded by configuring
 Lightning's ``TorchCheckpointIO`` as the trainer's plugin and passing ``weights_only=False``.
 
 Remote (fsspec URL) paths are written by Lightning's own code (object stores have no rename).
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,10 +48,12 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "UnsafeCheckpointError"]
+from rewarddance.errors import CorruptCheckpointError, RewardDanceError
+
+__all__ = ["AtomicCheckpointIO", "CorruptCheckpointError", "UnsafeCheckpointError", "load_error", "load_plain"]
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(RewardDanceError, pickle.UnpicklingError):
     """A checkpoint holds objects that ``torch.load(weights_only=True)`` refuses to unpickle."""
 
 
@@ -101,18 +106,86 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         map_location: Callable | None = lambda storage, loc: storage,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
-        """Load with ``weights_only=True`` whatever ``weights_only`` asks (see :class:`UnsafeCheckpointError`)."""
+        """Load with ``weights_only=True`` whatever ``weights_only`` asks (see :class:`UnsafeCheckpointError`).
+
+        Raises:
+            FileNotFoundError: No file at ``path``.
+            UnsafeCheckpointError: The file needs arbitrary unpickling (a global not on torch's allow-list).
+            CorruptCheckpointError: The file cannot be read at all: empty, truncated, or not a checkpoint.
+        """
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            # torch's message starts with its advice to retry with weights_only=False: keep only the reason.
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            reason = next(
-                (line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else ""
-            )
-            raise UnsafeCheckpointError(
-                f"Refusing to load checkpoint {os.fspath(path)!r}: it contains objects other than tensors and "
-                f"plain data, and unpickling them could run arbitrary code ({reason}). rewarddance checkpoints "
-                "hold plain data only, so this file was written by other code or modified. If you trust it, "
-                "resume with `--trainer.plugins lightning.pytorch.plugins.io.TorchCheckpointIO --weights_only false`."
-            ) from err
+        except Exception as err:
+            refusal = load_error(path, err)
+            if refusal is None:
+                raise
+            raise refusal from err
+
+
+def load_plain(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, with :func:`load_error`'s errors for unsafe or unreadable files."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        refusal = load_error(path, err)
+        if refusal is None:
+            raise
+        raise refusal from err
+
+
+_UNSAFE_MARKERS = ("GLOBAL", "safe_globals", "allowlist")
+"""Words of ``torch._weights_only_unpickler``'s messages about objects outside its allow-list; its other
+messages (``Unsupported operand 120``...) come from bytes that are not a pickle at all."""
+
+_CORRUPT_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, IndexError, UnicodeDecodeError, zipfile.BadZipFile)
+"""What ``torch.load`` raises on bytes that are not a checkpoint (besides the RuntimeError and OSError below)."""
+
+
+def load_error(path: str | os.PathLike, err: BaseException) -> Exception | None:
+    """The error to raise for ``torch.load(path, weights_only=True)`` failing with ``err``; None to keep ``err``.
+
+    Only a well-formed pickle asking for objects outside torch's allow-list is *unsafe* (and only that
+    gets the advice to load it without the safety, if trusted). A file that cannot be read at all
+    (empty, truncated by a killed save or a copy, random bytes) is *corrupt*: the advice is to use an
+    earlier checkpoint, never to turn the safety off.
+    """
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return None
+    message = str(err)
+    if isinstance(err, pickle.UnpicklingError) and any(marker in message for marker in _UNSAFE_MARKERS):
+        # torch's message starts with its advice to retry with weights_only=False: keep only the reason.
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        reason = reason.split(" Please use")[0].rstrip(".")  # drop torch's how-to-allowlist advice
+        return UnsafeCheckpointError(
+            f"Refusing to load checkpoint {os.fspath(path)!r}: it contains objects other than tensors and "
+            f"plain data, and unpickling them could run arbitrary code ({reason}). rewarddance checkpoints "
+            "hold plain data only, so this file was written by other code or modified. If you trust it, "
+            "resume with `--trainer.plugins lightning.pytorch.plugins.io.TorchCheckpointIO --weights_only false`."
+        )
+    # RuntimeError: torch's zip reader ("PytorchStreamReader failed reading zip archive"); OSError: a
+    # zip directory pointing past the end of the file ("[Errno 22] Invalid argument").
+    stream_error = isinstance(err, RuntimeError) and "PytorchStreamReader" in message
+    if isinstance(err, (*_CORRUPT_ERRORS, OSError)) or stream_error:
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        reason = _corrupt_reason(err) if size else "the file is empty"
+        return CorruptCheckpointError(
+            f"checkpoint {os.fspath(path)!r} is corrupt or truncated ({size} bytes; {reason}): it cannot be "
+            "read. Resume or export from the previous checkpoint (an earlier epoch=..-step=..ckpt, or the one "
+            "before last.ckpt); a save that was killed leaves the previous checkpoint intact."
+        )
+    return None
+
+
+def _corrupt_reason(err: BaseException) -> str:
+    """One short line on why the bytes are unreadable (torch wraps the unpickler's reason in a paragraph of advice)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    marker = "WeightsUnpickler error:"
+    at = next((i for i, line in enumerate(lines) if marker in line), None)
+    if at is not None:  # the reason follows the marker, on the same line or the next
+        rest = lines[at].split(marker, 1)[1].strip()
+        line = rest or (lines[at + 1] if at + 1 < len(lines) else "")
+    else:
+        line = lines[0] if lines else ""
+    line = line.split(". This is an internal miniz error")[0]  # torch's zip reader appends generic advice
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__

@@ -9,10 +9,13 @@ are documented from the functions' signatures and docstrings.
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -20,11 +23,25 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-from rewarddance.checkpointing import AtomicCheckpointIO
+from rewarddance.checkpointing import AtomicCheckpointIO, load_error
 from rewarddance.commands import COMMANDS, CommandTree
 from rewarddance.data.datamodule import ShardDataModule  # noqa: F401 - short class_path in YAML
+from rewarddance.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    BadFileError,
+    UsageError,
+    debug_requested,
+    describe,
+    is_expected,
+)
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask  # noqa: F401 - short class_path in YAML
 from rewarddance.wandb_resume import WandbRunId, resume_wandb_run
+
+DESCRIPTION = (
+    __doc__.splitlines()[0] + " Errors are reported in a line or two; add --debug (or set REWARDDANCE_DEBUG=1) "
+    "for the traceback."
+)
 
 
 def _short_doc(fn: Callable[..., Any]) -> str:
@@ -132,6 +149,18 @@ class RewardDanceCLI(LightningCLI):
         if self.subcommand == "fit":
             resume_wandb_run(self.config["fit"])
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyperparameters with a bare torch.load before the trainer loads it
+        # through AtomicCheckpointIO: report an unreadable or unsafe file the same way here.
+        try:
+            super()._parse_ckpt_path()
+        except Exception as err:
+            path = self.config[self.config["subcommand"]].get("ckpt_path")
+            refusal = load_error(path, err) if path else None
+            if refusal is None:
+                raise
+            raise refusal from err
+
     def _set_seed(self) -> None:
         if self.config["subcommand"] not in self.project_commands:
             super()._set_seed()
@@ -141,8 +170,16 @@ class RewardDanceCLI(LightningCLI):
             super()._add_instantiators()
 
     def instantiate_classes(self) -> None:
-        if self.config["subcommand"] not in self.project_commands:
+        if self.config["subcommand"] in self.project_commands:
+            return
+        try:
             super().instantiate_classes()
+        except ValueError as err:
+            if is_expected(err):
+                raise
+            # The parser checked the types; a ValueError from a configured class's constructor is its check of a
+            # value the user gave (e.g. GeneratorRLTask's algorithm, the Trainer's arguments).
+            raise UsageError(f"the {self.config['subcommand']} configuration was refused: {err}") from err
 
     def _run_subcommand(self, subcommand: str) -> None:
         resolved = self._resolve_command()
@@ -155,19 +192,65 @@ class RewardDanceCLI(LightningCLI):
         self.result = fn(*args, **kwargs)
 
 
+def _check_config_files(argv: list[str]) -> None:
+    """Name the file of a ``--config`` that is not valid YAML (jsonargparse's message names only line and column)."""
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        if path is None or not Path(path).is_file():
+            continue  # a missing file is jsonargparse's to report (it names it)
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise BadFileError(f"config file {path}{where}: not valid YAML ({problem})") from err
+
+
 def main(args: list[str] | None = None) -> RewardDanceCLI:
     """Run the command line with ``args`` (default: ``sys.argv[1:]``); returns the CLI object.
 
     Tests and notebooks call ``main(["fit", "--config", "configs/quickstart.yaml"])`` in-process;
     ``cli.result`` holds what a project command returned.
+
+    An expected error (:func:`rewarddance.errors.is_expected`: a bad file, name, value, sample or
+    checkpoint) is printed in a line or two on stderr and ends the command with
+    ``SystemExit(EXIT_USER_ERROR)``; ``--debug`` (removed here, before the parser sees it) or
+    ``REWARDDANCE_DEBUG=1`` lets it propagate with its traceback. Other exceptions are bugs and
+    always propagate.
     """
-    with warnings.catch_warnings():
-        # Called in-process (tests, notebooks) the host's own argv is set too; args wins, as intended.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
-        return RewardDanceCLI(
-            args=args,
-            parser_kwargs={"prog": "python -m rewarddance", "description": __doc__.splitlines()[0]},
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-        )
+    debug, argv = debug_requested(list(sys.argv[1:] if args is None else args))
+    try:
+        _check_config_files(argv)
+        with warnings.catch_warnings():
+            # Called in-process (tests, notebooks) the host's own argv is set too; args wins, as intended.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+            return RewardDanceCLI(
+                args=argv,
+                parser_kwargs={"prog": "python -m rewarddance", "description": DESCRIPTION},
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+            )
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("rewarddance: interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as error:
+        if debug or not is_expected(error):
+            raise
+        print(describe(error), file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def console_main() -> int:
+    """Entry point of the ``rewarddance`` console script and ``python -m rewarddance``: exit status 0 on success.
+
+    (The script runs ``sys.exit(entry_point())``; :func:`main` returns the CLI object, which
+    ``sys.exit`` would print and turn into status 1.) Errors exit through :func:`main`'s ``SystemExit``.
+    """
+    main()
+    return 0

@@ -90,6 +90,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
+from rewarddance.errors import UsageError
+
 Strategy = Literal["ddp", "fsdp"]
 Precision = Literal["bf16-mixed", "32-true", "bf16-true"]
 LogitsMode = Literal["answer", "full"]
@@ -460,7 +462,7 @@ def _resolve(name: str, size: str | None, tiny_overrides: Mapping[str, Any]) -> 
         tiny = reg._tiny_size(size, tiny_overrides)
         return name, f"{name} builder ({tiny})", None, (reg.BACKBONES[name[len(reg.TINY_PREFIX) :]], tiny)
     if tiny_overrides:
-        raise ValueError(f"{sorted(tiny_overrides)} only apply to tiny backbones ('{reg.TINY_PREFIX}<family>').")
+        raise UsageError(f"{sorted(tiny_overrides)} only apply to tiny backbones ('{reg.TINY_PREFIX}<family>').")
     local = getattr(reg, "LOCAL_BACKBONES", {})
     if name in local:
         name = os.fspath(local[name])
@@ -473,9 +475,9 @@ def _resolve(name: str, size: str | None, tiny_overrides: Mapping[str, Any]) -> 
             name = PAPER_SIZES[label]
         else:
             choices = sorted(set(family.hub_ids) | (set(PAPER_SIZES) if family.name == "internvl" else set()))
-            raise ValueError(f"{family.name!r} has no size {label!r}; choose from {choices}.")
+            raise UsageError(f"{family.name!r} has no size {label!r}; choose from {choices}.")
     elif size is not None:
-        raise ValueError(f"size={size!r} only applies to family or tiny names, not {name!r}.")
+        raise UsageError(f"size={size!r} only applies to family or tiny names, not {name!r}.")
     if name in KNOWN_CONFIGS:
         return name, f"rewarddance.planning.KNOWN_CONFIGS[{name!r}]", _config_from_data(KNOWN_CONFIGS[name]), None
     from transformers import AutoConfig
@@ -485,8 +487,9 @@ def _resolve(name: str, size: str | None, tiny_overrides: Mapping[str, Any]) -> 
     try:  # a hub id already in the local cache
         return name, f"cached config of {name}", AutoConfig.from_pretrained(name, local_files_only=True), None
     except OSError as err:
-        raise ValueError(
-            f"No offline config for {name!r}: known hub ids are {sorted(KNOWN_CONFIGS)}; otherwise pass a folder "
+        raise UsageError(
+            f"No offline config for backbone {name!r}: registered families are {sorted(reg.BACKBONES)} (tiny "
+            f"variants: tiny-<family>), known hub ids {sorted(KNOWN_CONFIGS)}; otherwise pass a folder "
             "holding its config.json (e.g. `huggingface-cli download <id> config.json --local-dir DIR`)."
         ) from err
 
@@ -552,7 +555,7 @@ def _vision_arch(config: Any, model_type: str) -> VisionArch:
             deepstack=len(vc.deepstack_visual_indexes),
             residual_fp32_under_autocast=False,
         )
-    raise ValueError(f"No vision-tower formulas for model_type {model_type!r}.")
+    raise UsageError(f"No vision-tower formulas for model_type {model_type!r}.")
 
 
 def _text_arch(config: Any, model: nn.Module, model_type: str) -> TextArch:
@@ -630,7 +633,7 @@ def _describe_cached(name: str, size: str | None, overrides: tuple[tuple[str, An
     model_type = config.model_type
     family = next((s for s in _registry().BACKBONES.values() if s.model_type == model_type), None)
     if family is None:
-        raise ValueError(f"{label!r} is a {model_type!r} model, not a registered rewarddance family.")
+        raise UsageError(f"{label!r} is a {model_type!r} model, not a registered rewarddance family.")
     counts = _count(model, family)
     return Architecture(
         name=label,
@@ -706,7 +709,7 @@ def _dtypes(
     if precision == "bf16-true":
         return _Dtypes(2, 2, 4, 2, 2, 2, False, 2)
     if precision != "bf16-mixed":
-        raise ValueError(f"precision must be one of bf16-mixed, bf16-true, 32-true; got {precision!r}")
+        raise UsageError(f"precision must be one of bf16-mixed, bf16-true, 32-true; got {precision!r}")
     if strategy == "fsdp":
         # rewarddance.distributed.FSDP2Strategy (configs/trainer/fsdp.yaml): FSDP2 mixed precision
         # (param_dtype bf16, reduce_dtype fp32) with fp32 sharded master weights, AdamW states and
@@ -1043,11 +1046,11 @@ def estimate_memory(
         ValueError: Invalid combinations (CPU offload without FSDP, non-positive sizes).
     """
     if min(gpus, nodes, micro_batch_size) < 1 or text_tokens < 0 or images < 0:
-        raise ValueError("gpus, nodes and micro_batch_size must be >= 1; text_tokens and images >= 0")
+        raise UsageError("gpus, nodes and micro_batch_size must be >= 1; text_tokens and images >= 0")
     if cpu_offload and strategy != "fsdp":
-        raise ValueError("cpu_offload needs strategy='fsdp' (DDP keeps a full replica on every GPU)")
+        raise UsageError("cpu_offload needs strategy='fsdp' (DDP keeps a full replica on every GPU)")
     if lora_rank is not None and lora_rank < 1:
-        raise ValueError(f"lora_rank must be >= 1 (or None for full fine-tuning), got {lora_rank}")
+        raise UsageError(f"lora_rank must be >= 1 (or None for full fine-tuning), got {lora_rank}")
     arch = describe_backbone(backbone, size, **tiny_overrides)
     world = gpus * nodes
     dt = _dtypes(precision, strategy, arch.vision, kernels)

@@ -33,6 +33,7 @@ import yaml
 from PIL import Image
 from transformers import BatchFeature
 
+from rewarddance.errors import RewardDanceError
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Visual, prompt_to_messages
 
 QuestionKind = Literal["pairwise", "pointwise"]
@@ -53,11 +54,11 @@ _REQUIRED_KEYS = ("name", "pairwise", "pointwise", "criteria", "default_criteria
 _OPTIONAL_KEYS = ("system", "instruction")
 
 
-class TemplateError(ValueError):
+class TemplateError(RewardDanceError, ValueError):
     """A template file or dict misses a field, has an unknown one, or misplaces a placeholder."""
 
 
-class BadInputError(ValueError):
+class BadInputError(RewardDanceError, ValueError):
     """Inputs the processor cannot take (named by sample key), or a prompt that cannot fit at all.
 
     Attributes:
@@ -392,10 +393,21 @@ class EncodeReport:
     Attributes:
         truncated: Queries whose prompt text was shortened to fit ``max_length``.
         truncated_tokens: Prompt tokens removed in total.
+        cut: Prompt tokens removed, by the key of each shortened query.
+        limit: The token limit the sequences were held to (None: no limit known).
     """
 
     truncated: int = 0
     truncated_tokens: int = 0
+    cut: dict[str, int] = field(default_factory=dict)
+    limit: int | None = None
+
+    def add(self, other: EncodeReport) -> None:
+        """Count ``other`` (a later batch) in this report too."""
+        self.truncated += other.truncated
+        self.truncated_tokens += other.truncated_tokens
+        self.cut.update(other.cut)
+        self.limit = other.limit if other.limit is not None else self.limit
 
 
 def model_max_length(backbone: Any) -> int | None:
@@ -482,7 +494,7 @@ def encode_queries(
     """
     queries = [_checked(q) for q in queries]
     limit = max_length if max_length is not None else model_max_length(backbone)
-    report = EncodeReport()
+    report = EncodeReport(limit=limit)
     original = [q.prompt for q in queries]
     for _ in range(8):
         try:
@@ -503,9 +515,11 @@ def encode_queries(
         if query.prompt != before:
             report.truncated += 1
             tokenizer = backbone.tokenizer
-            report.truncated_tokens += len(tokenizer.encode(before, add_special_tokens=False)) - len(
+            removed = len(tokenizer.encode(before, add_special_tokens=False)) - len(
                 tokenizer.encode(query.prompt, add_special_tokens=False)
             )
+            report.truncated_tokens += removed
+            report.cut[query.key] = removed
     return batch, report
 
 

@@ -33,6 +33,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import BatchFeature
 
+from rewarddance.errors import BadFileError
 from rewarddance.models import Backbone, load_backbone, sample_frames
 from rewarddance.models.peft_utils import unwrap_peft
 from rewarddance.models.scoring import Normalization, rewards_with_shared_prefix
@@ -382,9 +383,19 @@ class RewardModel:
                 f"{folder} has no {EXPORT_CONFIG}: not a rewarddance reward model export "
                 "(written by the reward tasks when fit ends, or by rewarddance.reward_model.export_reward_model)."
             )
-        config = json.loads(path.read_text())
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise BadFileError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}); re-export the model.") from err
+        if not isinstance(config, dict):
+            raise BadFileError(f"{path}: expected a JSON object, got {type(config).__name__}; re-export the model.")
         if config.get("format") != "rewarddance-reward" or config.get("version") != EXPORT_VERSION:
-            raise ValueError(f"{path}: unsupported format/version {config.get('format')!r}/{config.get('version')!r}.")
+            raise BadFileError(
+                f"{path}: unsupported format/version {config.get('format')!r}/{config.get('version')!r}."
+            )
+        missing = [k for k in ("family", "kind", "template", "yes_word", "no_word") if k not in config]
+        if missing:
+            raise BadFileError(f"{path}: fields {missing} are missing; re-export the model.")
         backbone = load_backbone(
             folder, dtype=dtype, yes_word=config["yes_word"], no_word=config["no_word"], **load_kwargs
         )
@@ -396,7 +407,9 @@ class RewardModel:
         head = None
         if config["kind"] == "regressive":
             head = RewardHead(hidden_size(backbone.model))
-            head.load_state_dict(torch.load(folder / HEAD_WEIGHTS, map_location="cpu", weights_only=True))
+            from rewarddance.checkpointing import load_plain  # imports Lightning: only when needed
+
+            head.load_state_dict(load_plain(folder / HEAD_WEIGHTS))
         examples = _examples_from_json(config.get("examples") or {}, folder / EXAMPLES_DIR)
         model = cls(backbone, config, head=head, examples=examples)
         if device is not None:
@@ -532,8 +545,7 @@ class RewardModel:
                 )
             rewards.append(r)
             rationales += reasons or []
-            report.truncated += part.truncated
-            report.truncated_tokens += part.truncated_tokens
+            report.add(part)
         self.last_report = report
         self.last_rationales = rationales or None
         return torch.cat(rewards) if rewards else torch.zeros(0)

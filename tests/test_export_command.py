@@ -157,7 +157,7 @@ def _lora_task() -> GenerativeRewardTask:
 
 
 @pytest.mark.timeout(120)
-def test_lora_checkpoint_file_exports_merged_model_and_adapter(tmp_path, pairs):
+def test_lora_checkpoint_file_exports_merged_model_and_adapter(tmp_path, pairs, capsys):
     L.seed_everything(0, verbose=False)
     task = _lora_task()
     trainer = L.Trainer(
@@ -206,8 +206,10 @@ def test_lora_checkpoint_file_exports_merged_model_and_adapter(tmp_path, pairs):
     bare = torch.load(ckpt, weights_only=True)
     bare = {k: v for k, v in bare.items() if k not in ("hyper_parameters", "rewarddance")}
     torch.save(bare, tmp_path / "bare.ckpt")
-    with pytest.raises(ValueError, match="--run_config"):
+    with pytest.raises(SystemExit) as exit_info:
         _export(tmp_path / "bare.ckpt", tmp_path / "bare_export")
+    assert exit_info.value.code == 1 and "--run_config" in capsys.readouterr().err
+    assert not (tmp_path / "bare_export").exists()
     run_config = {
         "model": {
             "class_path": "GenerativeRewardTask",

@@ -43,8 +43,10 @@ def test_single_image_prints_the_reward_of_the_model(exports, tmp_path, capsys):
     )
     assert reward == pytest.approx(expected.item(), abs=1e-6)
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"reward {reward:.6f}"
-    with pytest.raises(ValueError, match="pairwise reward model: give --reference"):
+    with pytest.raises(SystemExit) as exit_info:
         main([*args, "--image", str(tmp_path / "a.png")])
+    assert exit_info.value.code == 1
+    assert "pairwise reward model: give --reference" in capsys.readouterr().err
 
 
 def test_folder_with_metadata_to_jsonl(exports, tmp_path):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from rewarddance.errors import UsageError
+from rewarddance.outputs import atomic_output, relocated
+
 Split = Literal["train", "val", "test-id", "test-ood"]
 Kind = Literal["pair", "point", "caption"]
 
@@ -41,11 +44,14 @@ def shapes(
     """
     from rewarddance.data.shapes import build_split
 
-    summary = build_split(
-        out, split=split, samples=samples, seed=seed, video=video, kinds=tuple(kinds or ("pair", "point")),
-        references=references, noise=noise, canvas=canvas, shard_size=shard_size, compress=compress,
-        style=style,
-    )  # fmt: skip
+    _check_counts(samples=samples, shard_size=shard_size, canvas=canvas)
+    with atomic_output(out, folder=True) as tmp:
+        summary = build_split(
+            tmp, split=split, samples=samples, seed=seed, video=video, kinds=tuple(kinds or ("pair", "point")),
+            references=references, noise=noise, canvas=canvas, shard_size=shard_size, compress=compress,
+            style=style,
+        )  # fmt: skip
+    summary = relocated(summary, tmp, out)
     files = summary["files"]
     print(f"wrote {summary['total']} {split} samples in {len(files)} shards to {out}")
     return summary
@@ -90,14 +96,28 @@ def generated(
     from rewarddance.data.shapes import TAGS
     from rewarddance.data.shapes.generated import build_generated_pairs
 
-    summary = build_generated_pairs(
-        generator, out, split=split, per_tag=per_tag, samples_per_prompt=samples_per_prompt, rounds=rounds,
-        max_pairs=max_pairs, tags=tuple(tags or TAGS), steps=steps, guidance_scale=guidance_scale, size=size, seed=seed,
-        shard_size=shard_size,
-    )  # fmt: skip
+    _check_counts(per_tag=per_tag, samples_per_prompt=samples_per_prompt, rounds=rounds, max_pairs=max_pairs,
+                  size=size, shard_size=shard_size)  # fmt: skip
+    unknown = sorted(set(tags or ()) - set(TAGS))
+    if unknown:
+        raise UsageError(f"--tags: unknown GenEval tags {unknown}; the tags are {list(TAGS)}")
+    with atomic_output(out, folder=True) as tmp:
+        summary = build_generated_pairs(
+            generator, tmp, split=split, per_tag=per_tag, samples_per_prompt=samples_per_prompt, rounds=rounds,
+            max_pairs=max_pairs, tags=tuple(tags or TAGS), steps=steps, guidance_scale=guidance_scale, size=size,
+            seed=seed, shard_size=shard_size,
+        )  # fmt: skip
+    summary = relocated(summary, tmp, out)
     accuracy = ", ".join(f"{tag} {value:.2f}" for tag, value in sorted(summary["oracle_accuracy"].items()))
     print(f"wrote {summary['total']} pairs from {summary['images']} samples to {out}; oracle accuracy: {accuracy}")
     return summary
+
+
+def _check_counts(**counts: int) -> None:
+    """Refuse counts below 1 before anything is built (``--samples 0`` would write an empty split)."""
+    for name, value in counts.items():
+        if value < 1:
+            raise UsageError(f"--{name} must be at least 1, got {value}")
 
 
 def inspect(source: str, /) -> object:

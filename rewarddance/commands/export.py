@@ -45,6 +45,8 @@ from typing import Any
 import torch
 import yaml
 
+from rewarddance.errors import UsageError
+
 META_FILE = "meta.pt"
 """Lightning's non-tensor part of a sharded checkpoint folder (``lightning.fabric.utilities.load._METADATA_FILENAME``)."""
 
@@ -77,7 +79,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: ``path`` is neither a checkpoint file nor a sharded folder with ``meta.pt``.
     """
-    from rewarddance.checkpointing import AtomicCheckpointIO
+    from rewarddance.checkpointing import AtomicCheckpointIO, load_plain
 
     path = Path(path)
     if path.is_dir():
@@ -86,7 +88,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path} is a folder without {META_FILE}: not a complete sharded checkpoint (a save killed "
                 "half-way, or another folder); use the newest epoch=..-step=..ckpt folder that has one."
             )
-        return torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+        return load_plain(path / META_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     return AtomicCheckpointIO().load_checkpoint(path)
@@ -129,7 +131,7 @@ def _task_class(checkpoint: Mapping[str, Any], hparams: Mapping[str, Any], confi
         record = checkpoint.get(key)
         if isinstance(record, Mapping) and (kind is None or record.get("kind") == kind):
             return _resolve_class(name)
-    raise ValueError(
+    raise UsageError(
         "The checkpoint does not say which task wrote it (no _class_path in its hyperparameters, no rewarddance "
         "record): pass the run's config with --run_config (its model: class_path and init_args)."
     )
@@ -182,7 +184,7 @@ def _examples_source(task: Any, checkpoint: Mapping[str, Any], run_config: str |
             if isinstance(data, Mapping):
                 source = (data.get("init_args") or {}).get("train", source)
     if source is None:
-        raise ValueError(
+        raise UsageError(
             f"The task uses {task.hparams.examples} in-context examples, drawn from the training data, but neither "
             "its examples_from nor the checkpoint's DataModule says where that is: pass --run_config."
         )
@@ -224,7 +226,7 @@ def load_weights(task: torch.nn.Module, path: str | Path, checkpoint: Mapping[st
 def _check_keys(own: set[str], stored: set[str], path: str | Path) -> None:
     missing, unexpected = sorted(own - stored), sorted(stored - own)
     if missing or unexpected:
-        raise ValueError(
+        raise UsageError(
             f"The weights in {path} do not fit the task built from its hyperparameters: {len(missing)} parameters "
             f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). Was it trained "
             "with another backbone, size or LoRA setting than the --run_config given?"
@@ -292,8 +294,14 @@ def export(checkpoint: str, out: str, run_config: str | list[str] | None = None)
     Returns:
         The export folder.
     """
+    from rewarddance.outputs import atomic_output
+
+    if Path(out).is_file():
+        raise UsageError(f"--out {out!r} is a file; give the folder to export to")
     task = task_from_checkpoint(checkpoint, run_config)
-    folder = export_task(task, out)
+    with atomic_output(out, folder=True) as tmp:
+        written = export_task(task, tmp)
+    folder = Path(out) / written.relative_to(tmp)  # where export_task wrote, after the rename
     kind = "reward model (load with RewardModel.from_pretrained)" if hasattr(task, "export_to") else "generator"
     lora = " and the LoRA adapter in lora/" if (folder / "lora").is_dir() else ""
     print(f"[rewarddance] export: {folder}: {type(task).__name__} {kind}{lora}, from {checkpoint}")

@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
+from rewarddance.errors import UsageError
+from rewarddance.outputs import atomic_output
+
 Mode = Literal["plain", "best_of_n", "search"]
 
 
@@ -16,7 +19,7 @@ def _prompt_items(prompt: str | None, prompts: str | None, per_tag: int, limit: 
     from rewarddance.data.prompts import load_prompts, prompt_item
 
     if (prompt is None) == (prompts is None):
-        raise ValueError(
+        raise UsageError(
             "give exactly one of --prompt TEXT or --prompts SOURCE (a .jsonl file, shards or shapes:<split>)"
         )
     if prompt is not None:
@@ -86,24 +89,27 @@ def generate(
     """
     from rewarddance.models.pixels import to_pil_images
 
-    items = _prompt_items(prompt, prompts, per_tag, limit)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     settings = _settings(mode, n, steps, guidance_scale, size, seed, branch_steps, num_branches, renoise_steps)
+    _check(settings, num_images, "--num_images", reward, limit)
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {out!r} is a file; give the folder to write the images to")
+    items = _prompt_items(prompt, prompts, per_tag, limit)
     rows, nfe = [], 0
     results, _ = _run(generator, items, num_images, settings, reward)
-    for index, (item, result) in enumerate(results):
-        nfe += result.nfe
-        for rank, image in enumerate(to_pil_images(result.images)):
-            name = f"{index:05d}_{rank}.png"
-            image.save(folder / name)
-            row = {"file_name": name, "prompt": item["prompt"], "mode": mode, "nfe": result.nfe}
-            if result.scores is not None:
-                row["verifier_score"] = float(result.scores[rank])
-            if item.get("metadata"):
-                row["metadata"] = item["metadata"]
-            rows.append(row)
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with atomic_output(folder, folder=True) as tmp:
+        for index, (item, result) in enumerate(results):
+            nfe += result.nfe
+            for rank, image in enumerate(to_pil_images(result.images)):
+                name = f"{index:05d}_{rank}.png"
+                image.save(tmp / name)
+                row = {"file_name": name, "prompt": item["prompt"], "mode": mode, "nfe": result.nfe}
+                if result.scores is not None:
+                    row["verifier_score"] = float(result.scores[rank])
+                if item.get("metadata"):
+                    row["metadata"] = item["metadata"]
+                rows.append(row)
+        (tmp / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(
         f"wrote {len(rows)} images for {len(items)} prompts to {folder} ({mode}, {nfe / len(items):.0f} NFE per prompt)"
     )
@@ -151,10 +157,13 @@ def evaluate(
     from rewarddance.data.shapes.geneval import format_report, geneval_report
     from rewarddance.models.pixels import to_pil_images
 
+    settings = _settings(mode, n, steps, guidance_scale, size, seed, branch_steps, num_branches, renoise_steps)
+    _check(settings, samples_per_prompt, "--samples_per_prompt", reward, limit)
+    if out and Path(out).is_dir():
+        raise UsageError(f"--out {out!r} is a folder; give the path of the JSON report to write")
     items = [i for i in _prompt_items(None, prompts, per_tag, limit) if (i.get("metadata") or {}).get("include")]
     if not items:
-        raise ValueError(f"{prompts}: no prompt has GenEval metadata (tag, include) for the oracle to judge")
-    settings = _settings(mode, n, steps, guidance_scale, size, seed, branch_steps, num_branches, renoise_steps)
+        raise UsageError(f"{prompts}: no prompt has GenEval metadata (tag, include) for the oracle to judge")
     images, metadata, nfe = [], [], 0
     results, judgments = _run(generator, items, samples_per_prompt, settings, reward)
     for item, result in results:
@@ -166,9 +175,33 @@ def evaluate(
     report["judgments_per_image"] = judgments / len(images)  # the verifier's reward-model calls
     print(f"[rewarddance] {mode}: {format_report(report)} | {report['nfe_per_image']:.0f} NFE per image")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps({"generator": generator, "prompts": prompts, "mode": mode, **report}, indent=2))
+        with atomic_output(out) as tmp:
+            tmp.write_text(json.dumps({"generator": generator, "prompts": prompts, "mode": mode, **report}, indent=2))
     return report
+
+
+def _check(settings: dict[str, Any], images: int, images_option: str, reward: str | None, limit: int | None) -> None:
+    """Refuse settings that cannot work before any model loads (:func:`rewarddance.inference.generate` checks
+    them too, but only after the generator and the verifier are loaded)."""
+    mode = settings["mode"]
+    at_least_one = {
+        "--n": settings["n"],
+        images_option: images,
+        "--steps": settings["num_inference_steps"],
+        "--size": settings["height"],
+        "--num_branches": settings["num_branches"],
+        "--renoise_steps": settings["renoise_steps"],
+        **({"--limit": limit} if limit is not None else {}),
+    }
+    for option, value in at_least_one.items():
+        if value < 1:
+            raise UsageError(f"{option} must be at least 1, got {value}")
+    if mode != "plain" and not reward:
+        raise UsageError(
+            f"--mode {mode} needs a verifier: give --reward (a reward-model export folder or a reward name)"
+        )
+    if mode != "plain" and images > settings["n"]:
+        raise UsageError(f"{images_option} {images} exceeds the --n {settings['n']} candidates of --mode {mode}")
 
 
 def _settings(

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
 from tqdm import tqdm
+
+from rewarddance.data.jsonl import read_jsonl
+from rewarddance.errors import BadFileError, UsageError
+from rewarddance.outputs import atomic_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -31,7 +36,7 @@ def load_visual(path: str | Path) -> Image.Image | list[Image.Image]:
     try:
         return Image.open(path).convert("RGB")
     except Exception as err:
-        raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+        raise BadFileError(f"cannot read image {str(path)!r}: {err}") from err
 
 
 def _folder_items(folder: Path) -> Iterator[dict[str, Any]]:
@@ -39,13 +44,10 @@ def _folder_items(folder: Path) -> Iterator[dict[str, Any]]:
     meta = folder / "metadata.jsonl"
     if not meta.exists():
         raise FileNotFoundError(f"{folder} needs a metadata.jsonl with one {{'file_name', 'prompt'}} object per line")
-    for line_no, line in enumerate(meta.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for line_no, row in read_jsonl(meta):
         for field in ("file_name", "prompt"):
             if not row.get(field):
-                raise ValueError(f"{meta}, line {line_no}, field {field!r}: missing or empty")
+                raise BadFileError(f"{meta}, line {line_no}, field {field!r}: missing or empty")
         yield {
             "key": row["file_name"],
             "prompt": row["prompt"],
@@ -151,24 +153,34 @@ def score(
     """
     from rewarddance.reward_model import RewardModel
 
+    # Every argument is checked before the model loads, so a mistake costs no loading time.
+    if batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
+    if input is None:
+        if prompt is None or image is None:
+            raise UsageError("give --prompt and --image (one image), or --input and --out (batch form)")
+        visuals = [load_visual(image)]
+        refs = [load_visual(reference)] if reference is not None else None
+    elif out is None:
+        raise UsageError("the batch form (--input) needs --out for the JSONL scores")
+    elif Path(out).is_dir():
+        raise UsageError(f"--out {out!r} is a folder; give the path of the JSONL file to write")
     reward_model = RewardModel.from_pretrained(model)
     pairwise = reward_model.paradigm == "pairwise"
     if input is None:
-        if prompt is None or image is None:
-            raise ValueError("give --prompt and --image (one image), or --input and --out (batch form)")
-        if pairwise and reference is None:
-            raise ValueError(f"{model} is a pairwise reward model: give --reference (image 1 of the comparison)")
-        refs = [load_visual(reference)] if reference is not None else None
-        reward = reward_model.score([prompt], [load_visual(image)], refs, criteria=criteria)[0].item()
+        assert prompt is not None
+        if pairwise and refs is None:
+            raise UsageError(f"{model} is a pairwise reward model: give --reference (image 1 of the comparison)")
+        reward = reward_model.score([prompt], visuals, refs, criteria=criteria)[0].item()
+        _warn_truncated(reward_model, [f"--image {image!r}"])
         print(f"reward {reward:.6f}")
         return reward
-    if out is None:
-        raise ValueError("the batch form (--input) needs --out for the JSONL scores")
+    assert out is not None
     source = Path(input)
     items = _folder_items(source) if (source / "metadata.jsonl").exists() else _shard_items(input)
     written = skipped = 0
     pairs: list[dict[str, Any]] = []  # the labelled pairs' records, for the accuracy
-    with open(out, "w") as f:
+    with atomic_output(out) as tmp, open(tmp, "w") as f:
         chunk: list[dict[str, Any]] = []
         for item in tqdm(items, desc="score", unit="item"):
             if pairwise and item["reference"] is None:
@@ -240,7 +252,21 @@ def _rewards(
             [i["prompt"] for i in chosen], [i[image_key] for i in chosen], references, criteria=group_criteria
         )
         out[indices] = rewards
+        if image_key == "image":  # a pair's first image is judged with the same prompt: warn once
+            _warn_truncated(reward_model, [f"sample {i['key']!r}" for i in chosen])
     return out
+
+
+def _warn_truncated(reward_model: Any, names: list[str]) -> None:
+    """Say on stderr which prompts of the last ``score`` call were cut to fit the model (``names[i]``: query i)."""
+    report = reward_model.last_report
+    for key, removed in report.cut.items():
+        name = names[int(key.removeprefix("item-"))]  # RewardModel.queries keys its queries item-<index>
+        print(
+            f"rewarddance: warning: the prompt of {name} does not fit the model's limit of {report.limit} tokens "
+            f"per sequence: its last {removed} tokens were cut, so the reward judges the shortened prompt.",
+            file=sys.stderr,
+        )
 
 
 def _score_chunk(

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from rewarddance.errors import RewardDanceError
+
 SCHEMA_VERSION = 1
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 KINDS = ("pair", "point", "caption")
@@ -38,7 +40,7 @@ Clip = list[Image.Image]
 _ROLE_MEMBER = re.compile(r"^(?P<role>first|second|image|ref\d+)(?:\.(?P<frame>\d+))?\.(?P<ext>[a-z]+)$")
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(RewardDanceError, ValueError):
     """A sample that violates the shard format; the message names shard, sample and field."""
 
     def __init__(self, shard: str, key: str, field_name: str, problem: str) -> None:

@@ -49,6 +49,7 @@ from transformers import (
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
 from rewarddance.models.inputs import Message, Visual, encode
 from rewarddance.models.processors import (
     InternVLImageOnlyProcessor,
@@ -645,6 +646,32 @@ def _spec_for_model_type(model_type: str, name_or_path: str) -> BackboneSpec:
     )
 
 
+def _known_backbones() -> str:
+    families = sorted(BACKBONES)
+    return (
+        f"Registered names: families {families}, tiny variants {[TINY_PREFIX + f for f in families]}, "
+        f"bundled {sorted(LOCAL_BACKBONES)}; a hub id (org/name) or a save_pretrained folder is also accepted."
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _check_name_or_folder(name: str) -> None:
+    """Refuse, before any hub request, a name that is neither registered, a folder, nor shaped like a hub id."""
+    path = Path(name)
+    if path.is_dir():
+        return
+    if path.exists():
+        raise UsageError(f"backbone {name!r} is a file; give a folder written by save_pretrained. {_known_backbones()}")
+    looks_like_path = name.startswith((".", "~", os.sep)) or os.sep in name.strip(os.sep).replace("/", "", 1)
+    if looks_like_path:
+        raise FileNotFoundError(f"backbone folder {name!r} does not exist. {_known_backbones()}")
+    if name.count("/") != 1:
+        raise UsageError(f"unknown backbone {name!r}. {_known_backbones()}")
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
@@ -782,15 +809,30 @@ def load_backbone(
             name = BACKBONES[name].hub_ids[label]
         elif size is not None:
             raise ValueError(f"size={size!r} only applies to family or tiny names, not {name!r}.")
-        spec, model, processor = _load_pretrained(
-            name,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-            device_map=device_map,
-            processor_kwargs=processor_kwargs or {},
-        )
+        _check_name_or_folder(name)
+        try:
+            spec, model, processor = _load_pretrained(
+                name,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
+                revision=revision,
+                device_map=device_map,
+                processor_kwargs=processor_kwargs or {},
+            )
+        except OSError as error:
+            # transformers reports a hub id it cannot fetch as "couldn't connect to huggingface.co",
+            # naming neither the id nor what would have worked offline.
+            if Path(name).is_dir():
+                raise BadFileError(f"cannot load the backbone in folder {name!r}: {error}") from error
+            raise UsageError(
+                f"cannot load backbone {name!r} from the Hugging Face hub ({_first_line(error)}). "
+                f"{hub_hint()} {_known_backbones()}"
+            ) from error
+        except ValueError as error:
+            if isinstance(error, RewardDanceError) or not Path(name).is_dir():
+                raise
+            raise BadFileError(f"cannot load the backbone in folder {name!r}: {error}") from error
 
     processor = ensure_processor(processor, name)
     yes_id, no_id = _answer_ids(processor, yes_word, no_word, name)

@@ -72,6 +72,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
 from rewarddance.models.tokenizer import shapes_corpus
 
 Kind = Literal["unet", "flow", "video"]
@@ -803,7 +804,7 @@ def _spec_for_pipeline_class(class_name: str, name: str) -> GeneratorSpec:
         if spec.pipeline_class.__name__ == class_name:
             return spec
     known = {s.pipeline_class.__name__: s.name for s in GENERATORS.values()}
-    raise ValueError(
+    raise UsageError(
         f"{name!r} is a {class_name!r}; registered families are {known}. "
         "Add one with rewarddance.models.generators.register_generator."
     )
@@ -828,29 +829,29 @@ def resolve_generator(name_or_path: str | os.PathLike, *, size: str | None = Non
     name = os.fspath(name_or_path)
     if name.startswith(TINY_PREFIX) and name[len(TINY_PREFIX) :] in GENERATORS:
         if size is not None:
-            raise ValueError(f"size={size!r} does not apply to tiny generators; override TinyGeneratorSize fields.")
+            raise UsageError(f"size={size!r} does not apply to tiny generators; override TinyGeneratorSize fields.")
         return GENERATORS[name[len(TINY_PREFIX) :]], name
     if name in GENERATORS:
         spec = GENERATORS[name]
         label = size or spec.default_size
         if label not in spec.hub_ids:
-            raise ValueError(f"{name!r} has no size {label!r}; choose from {sorted(spec.hub_ids)}.")
+            raise UsageError(f"{name!r} has no size {label!r}; choose from {sorted(spec.hub_ids)}.")
         return spec, spec.hub_ids[label]
     if size is not None:
-        raise ValueError(f"size={size!r} only applies to family names ({sorted(GENERATORS)}), not {name!r}.")
+        raise UsageError(f"size={size!r} only applies to family names ({sorted(GENERATORS)}), not {name!r}.")
     for spec in GENERATORS.values():
         if name in spec.hub_ids.values():
             return spec, name
     is_folder = Path(name).is_dir()
     # An "org/model" string may be a hub id; anything else that is not a folder is a typo.
     if not is_folder and name.count("/") != 1:
-        raise ValueError(
+        raise UsageError(
             f"Unknown generator {name!r}: not a registered name, hub id or folder. Known names: {_known_names()}."
         )
     try:
         config = DiffusionPipeline.load_config(name)
     except (OSError, ValueError) as error:
-        raise ValueError(
+        raise UsageError(
             f"Cannot read model_index.json of {name!r} ({error}). Known generator names: {_known_names()}."
         ) from error
     return _spec_for_pipeline_class(config["_class_name"], name), name
@@ -867,7 +868,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return dtype
     resolved = getattr(torch, dtype, None)
     if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'bfloat16' or 'float32'.")
+        raise UsageError(f"Unknown dtype {dtype!r}; use e.g. 'bfloat16' or 'float32'.")
     return resolved
 
 
@@ -875,7 +876,7 @@ def _tiny_size(overrides: Mapping[str, Any]) -> TinyGeneratorSize:
     fields = [f.name for f in dataclasses.fields(TinyGeneratorSize)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(f"Unknown tiny size fields {unknown}; TinyGeneratorSize has {fields}.")
+        raise UsageError(f"Unknown tiny size fields {unknown}; TinyGeneratorSize has {fields}.")
     return TinyGeneratorSize(**overrides)
 
 
@@ -933,7 +934,15 @@ def load_generator(
             kwargs["revision"] = revision
         # The family's own class rather than DiffusionPipeline: same loading code, but a folder
         # whose model_index.json names another pipeline fails here instead of later in sample().
-        pipeline = spec.pipeline_class.from_pretrained(target, **kwargs)
+        try:
+            pipeline = spec.pipeline_class.from_pretrained(target, **kwargs)
+        except (OSError, ValueError) as error:
+            # diffusers names neither the folder nor the hub id in some of these (a missing weights file, no network).
+            if isinstance(error, RewardDanceError):
+                raise
+            if Path(target).is_dir():
+                raise BadFileError(f"cannot load the generator in folder {target!r}: {error}") from error
+            raise UsageError(f"cannot load generator {target!r} from the hub ({error}). {hub_hint()}") from error
     for module in pipeline.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()

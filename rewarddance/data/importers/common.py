@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 from PIL import Image
 
 from rewarddance.data.schema import Clip, PairLabel, Sample
+from rewarddance.errors import RewardDanceError
 
 ErrorPolicy = Literal["raise", "skip"]
 TiePolicy = Literal["keep", "drop"]
@@ -52,7 +53,7 @@ BAD_IMAGE = "bad_image"
 MISSING_CLIP = "missing_clip"
 
 
-class DatasetImportError(ValueError):
+class DatasetImportError(RewardDanceError, ValueError):
     """An input the importer cannot convert. The message names the file, and the row and field when known.
 
     Attributes:

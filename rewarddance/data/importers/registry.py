@@ -29,6 +29,8 @@ from rewarddance.data.importers.imagereward import ImageRewardImporter
 from rewarddance.data.importers.pickapic import PickAPicImporter
 from rewarddance.data.importers.videogen_rewardbench import VideoGenRewardBenchImporter
 from rewarddance.data.writer import MANIFEST, SampleWriter
+from rewarddance.errors import UsageError
+from rewarddance.outputs import atomic_output
 
 Format = Literal["pickapic", "hpdv2", "imagereward", "videogen-rewardbench", "genai-bench", "hpdv3"]
 ImageExt = Literal["png", "jpg", "jpeg", "webp"]
@@ -56,7 +58,7 @@ def get_importer(format: str) -> type[Importer]:
     try:
         return IMPORTERS[format]
     except KeyError:
-        raise ValueError(f"unknown dataset format {format!r}; known: {', '.join(IMPORTERS)}") from None
+        raise UsageError(f"unknown dataset format {format!r}; known: {', '.join(IMPORTERS)}") from None
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -92,7 +94,8 @@ def import_dataset(
     Every written sample is a ``pair`` with the dataset's label convention applied (see each
     importer's module docstring), ``source``, ``models``, ``category`` where the dataset has one,
     and the original ids in ``meta``. Next to the shards the writer leaves ``manifest.json``, which
-    also records this import (options and the report). A failed import removes what it wrote.
+    also records this import (options and the report). The shards are written into a temporary
+    folder and moved into ``out`` when the import is complete: a failed import leaves nothing.
 
     Args:
         format: The dataset format.
@@ -120,11 +123,11 @@ def import_dataset(
         FileExistsError: if ``out`` already holds shards and ``overwrite`` is false.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if ties not in ("keep", "drop"):
-        raise ValueError(f"ties must be 'keep' or 'drop', got {ties!r}")
+        raise UsageError(f"ties must be 'keep' or 'drop', got {ties!r}")
     if max_samples is not None and max_samples < 0:
-        raise ValueError(f"max_samples must be >= 0, got {max_samples}")
+        raise UsageError(f"max_samples must be >= 0, got {max_samples}")
     options = ImportOptions(split=split, criterion=criterion, image_root=image_root, video_fps=video_fps)
     importer = get_importer(format)(Path(input), options)
 
@@ -146,54 +149,54 @@ def import_dataset(
             "max_samples": max_samples,
         }
     }
-    writer = SampleWriter(out, prefix=split or format, max_count=shard_size, image_ext=image_ext, info=info)
-    bar = tqdm(total=importer.total(), unit="row", desc=f"import {format}", disable=not progress, file=sys.stderr)
-    try:
-        for record in importer.records():
-            if max_samples is not None and report.written >= max_samples:
-                break
-            report.read += 1
-            bar.update()
-            try:
-                samples = importer.convert(record)
-            except SkipRow as skip:
-                skipped[skip.reason] += 1
-                continue
-            except RowError as err:
-                located = DatasetImportError(
-                    record.path,
-                    err.problem,
-                    row=record.row,
-                    row_id=record.row_id,
-                    field=err.field,
-                    reason=err.reason,
-                    hint="Pass on_error='skip' to skip and count such rows" if on_error == "raise" else "",
-                )
-                if on_error == "raise":
-                    raise located from None
-                skipped[err.reason] += 1
-                report.examples.setdefault(err.reason, str(located))
-                continue
-            for sample in samples:
-                if ties == "drop" and sample.label == "tie":
-                    skipped[TIE] += 1
-                    continue
+    # Written under a temporary name and renamed when complete: a failed import leaves nothing behind.
+    with atomic_output(out, folder=True) as tmp:
+        writer = SampleWriter(tmp, prefix=split or format, max_count=shard_size, image_ext=image_ext, info=info)
+        bar = tqdm(total=importer.total(), unit="row", desc=f"import {format}", disable=not progress, file=sys.stderr)
+        try:
+            for record in importer.records():
                 if max_samples is not None and report.written >= max_samples:
                     break
-                writer.write(sample)
-                labels[str(sample.label)] += 1
-                report.written += 1
-    except BaseException:
+                report.read += 1
+                bar.update()
+                try:
+                    samples = importer.convert(record)
+                except SkipRow as skip:
+                    skipped[skip.reason] += 1
+                    continue
+                except RowError as err:
+                    located = DatasetImportError(
+                        record.path,
+                        err.problem,
+                        row=record.row,
+                        row_id=record.row_id,
+                        field=err.field,
+                        reason=err.reason,
+                        hint="Pass on_error='skip' to skip and count such rows" if on_error == "raise" else "",
+                    )
+                    if on_error == "raise":
+                        raise located from None
+                    skipped[err.reason] += 1
+                    report.examples.setdefault(err.reason, str(located))
+                    continue
+                for sample in samples:
+                    if ties == "drop" and sample.label == "tie":
+                        skipped[TIE] += 1
+                        continue
+                    if max_samples is not None and report.written >= max_samples:
+                        break
+                    writer.write(sample)
+                    labels[str(sample.label)] += 1
+                    report.written += 1
+        except BaseException:
+            bar.close()
+            writer.close()  # closes the open shard; atomic_output then removes the temporary folder
+            raise
         bar.close()
+        report.skipped, report.labels = dict(skipped), dict(labels)
+        report.shards = [str(out / p.name) for p in writer.shard_paths]
+        writer.info["import"].update(read=report.read, written=report.written, skipped=dict(sorted(skipped.items())))
         writer.close()
-        for path in [*writer.shard_paths, out / MANIFEST]:
-            path.unlink(missing_ok=True)
-        raise
-    bar.close()
-    report.skipped, report.labels = dict(skipped), dict(labels)
-    report.shards = [str(p) for p in writer.shard_paths]
-    writer.info["import"].update(read=report.read, written=report.written, skipped=dict(sorted(skipped.items())))
-    writer.close()
     if progress:
         print(report.summary(), file=sys.stderr)
     return report

@@ -472,4 +472,6 @@ def write_geneval_jsonl(path: str | os.PathLike, prompts: Iterable[dict[str, Any
 
 def read_geneval_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a GenEval-format JSONL file (blank lines are skipped)."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    from rewarddance.data.jsonl import read_jsonl
+
+    return [row for _, row in read_jsonl(path)]
