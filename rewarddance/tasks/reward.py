@@ -46,6 +46,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import PeftModel
 from torch import Tensor, nn
 
+from rewarddance.callbacks import NonFiniteGuard
 from rewarddance.data.schema import Clip, Sample, decode_sample
 from rewarddance.data.shapes.prompts import TAGS
 from rewarddance.data.shapes.video import VIDEO_TAGS
@@ -441,6 +442,9 @@ class RewardTask(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [NonFiniteGuard()]  # stop on a NaN loss or gradient, in every config
 
     # -- hooks a subclass overrides ----------------------------------------------------------------
 
