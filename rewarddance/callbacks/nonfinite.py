@@ -48,9 +48,7 @@ def gradient_norms(module: torch.nn.Module) -> dict[str, Tensor]:
         grad = parameter.grad
         if grad is None:
             continue
-        # FSDP's DTensor gradients: the local shard (the ranks are combined by the reduction in _stop_if_any).
-        local = grad.to_local() if hasattr(grad, "to_local") else grad
-        norms[name] = torch.linalg.vector_norm(local.detach(), dtype=torch.float32)
+        norms[name] = torch.linalg.vector_norm(_local(grad.detach()), dtype=torch.float32)
     return norms
 
 
@@ -63,28 +61,53 @@ def check_finite(pl_module: L.LightningModule, what: str, values: Tensor) -> Non
     _stop_if_any(pl_module, what, bad, values.numel(), "values are NaN or inf")
 
 
-def _stop_if_any(pl_module: L.LightningModule, what: str, bad: int, total: int, verdict: str, names: str = "") -> None:
+ADVICE = {
+    "loss": "Check this batch's inputs for bad values, lower the learning rate, or enable gradient clipping "
+    "(trainer.gradient_clip_val).",
+    "gradient norm": "Lower the learning rate or enable gradient clipping (trainer.gradient_clip_val); in 16-bit "
+    "precision, try 32-bit.",
+    "reward": "Check the reward (model or function) for NaNs on this batch's images, lower the learning rate, or "
+    "enable gradient clipping (trainer.gradient_clip_val).",
+}
+
+
+def _summed_over_ranks(pl_module: L.LightningModule, *counts: int) -> list[int]:
+    # Every rank decides alike (a lone raise would leave the others waiting in a collective).
     trainer = pl_module._trainer
-    ranks = ""
-    if trainer is not None and trainer.world_size > 1:
-        counts = torch.tensor([bad, total], dtype=torch.float64, device=pl_module.device)
-        counts = trainer.strategy.reduce(counts, reduce_op="sum").cpu()
-        bad, total, ranks = int(counts[0]), int(counts[1]), " (all ranks)"
+    if trainer is None or trainer.world_size == 1:
+        return list(counts)
+    tensor = torch.tensor(counts, dtype=torch.float64, device=pl_module.device)
+    return [int(c) for c in trainer.strategy.reduce(tensor, reduce_op="sum").cpu()]
+
+
+def _stop_if_any(pl_module: L.LightningModule, what: str, bad: int, total: int, verdict: str, names: str = "") -> None:
+    bad, total = _summed_over_ranks(pl_module, bad, total)
     if bad == 0:
         return
+    trainer = pl_module._trainer
+    ranks = " (all ranks)" if trainer is not None and trainer.world_size > 1 else ""
     saved = _save_last_good(pl_module)
-    where = f"; the weights before it are saved to {saved} (resume with --ckpt_path {saved})" if saved else ""
-    step = pl_module.global_step
+    hook = getattr(pl_module, "on_non_finite", None)
+    if callable(hook):
+        hook()  # the task's own records of the run (the RL task: its curves)
+    if saved is not None:
+        where = f"; the weights before it are saved to {saved} (resume with --ckpt_path {saved})"
+    else:
+        where = "; the weights are already non-finite, so no checkpoint was saved: resume from an earlier one"
     raise NonFiniteError(
-        f"Non-finite {what} at step {step}: {bad} of {total} {verdict}{ranks}{names}. "
-        f"Training stopped before this update{where}. Check the batch's inputs and the reward for NaNs, lower the "
-        "learning rate, or enable gradient clipping (trainer.gradient_clip_val)."
+        f"Non-finite {what} at step {pl_module.global_step}: {bad} of {total} {verdict}{ranks}{names}. "
+        f"Training stopped before this update{where}. {ADVICE.get(what, ADVICE['loss'])}"
     )
 
 
 def _save_last_good(pl_module: L.LightningModule) -> Path | None:
     trainer = pl_module._trainer
     if trainer is None:
+        return None
+    # An earlier update can have poisoned the weights (finite gradients, an overflowing optimizer state): then
+    # there is nothing good to save.
+    poisoned = sum(not bool(torch.isfinite(_local(p.detach())).all()) for p in pl_module.parameters())
+    if _summed_over_ranks(pl_module, poisoned)[0]:
         return None
     # Next to the run's checkpoints when there are any; Trainer.log_dir is collective under DDP: every rank is here.
     checkpoint = trainer.checkpoint_callback
@@ -93,18 +116,20 @@ def _save_last_good(pl_module: L.LightningModule) -> Path | None:
     else:
         folder = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
     path = folder / LAST_GOOD
-    trainer.save_checkpoint(path)  # collective too: the decision to stop was reduced, so every rank saves
-    hook = getattr(pl_module, "on_non_finite", None)
-    if callable(hook):
-        hook()  # the task's own records of the run (the RL task: its curves)
+    trainer.save_checkpoint(path)  # collective too: the decision to save was reduced, so every rank saves
     return path
+
+
+def _local(tensor: Tensor) -> Tensor:
+    # FSDP's DTensors: the local shard (the ranks' verdicts are combined by _summed_over_ranks).
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 class NonFiniteGuard(L.Callback):
     """Raise :class:`NonFiniteError` on a non-finite loss or gradient, before the optimizer applies it.
 
     A task may define ``on_non_finite(self)`` to save records of its own (called on every rank after
-    ``last-good.ckpt`` is written, before the error is raised).
+    ``last-good.ckpt`` is written, just before the error is raised).
     """
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:

@@ -4,6 +4,7 @@ before it (``last.ckpt``) and at it (``last-good.ckpt``) load with the finite we
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from rewarddance.data.datamodule import ShardDataModule
 from rewarddance.data.shapes.text_image import TextImageDataModule
 from rewarddance.tasks import GenerativeRewardTask, GeneratorPretrainTask, GeneratorRLTask, RegressiveRewardTask
 from rewarddance.tasks.pretrain import CaptionPretrainTask
-from tests.tasks.test_generator_pretrain import SMALL
+from tests.processes import run_group
+from tests.tasks.test_generator_pretrain import ROOT, SMALL
 from tests.tasks.test_generator_rl import FAST, _adamw, _data, prompts_jsonl  # noqa: F401 (a fixture)
 from tests.tasks.test_pretrain import caption_data  # noqa: F401 (a fixture)
 from tests.tasks.test_reward import shards  # noqa: F401 (a fixture)
@@ -60,32 +62,31 @@ def _find(task: L.LightningModule, name: str, kind: str) -> Any:
     raise KeyError(name)
 
 
-def _reward(root: Path, task_class: type, request: pytest.FixtureRequest) -> tuple[L.LightningModule, Any]:
-    data = ShardDataModule(train=request.getfixturevalue("shards")["train"], batch_size=4, shuffle=False)
-    return task_class(optimizer=_adamw(1e-3)), data
+def _reward(task_class: type, splits: dict[str, str]) -> tuple[L.LightningModule, Any]:
+    return task_class(optimizer=_adamw(1e-3)), ShardDataModule(train=splits["train"], batch_size=4, shuffle=False)
 
 
-def _pretrain(root: Path, request: pytest.FixtureRequest) -> tuple[L.LightningModule, Any]:
-    data = ShardDataModule(train=str(request.getfixturevalue("caption_data") / "train"), batch_size=8, shuffle=False)
+def _pretrain(root: Path) -> tuple[L.LightningModule, Any]:
+    data = ShardDataModule(train=str(root / "train"), batch_size=8, shuffle=False)
     return CaptionPretrainTask(optimizer=_adamw(1e-3)), data
 
 
-def _generator_pretrain(root: Path, request: pytest.FixtureRequest) -> tuple[L.LightningModule, Any]:
+def _generator_pretrain() -> tuple[L.LightningModule, Any]:
     # Manual optimization: the VAE phase runs its own backward, clipping and step.
     return GeneratorPretrainTask(size=SMALL, vae_steps=10, eval_every=0), TextImageDataModule(batch_size=4)
 
 
-def _rl(root: Path, request: pytest.FixtureRequest) -> tuple[L.LightningModule, Any]:
+def _rl(prompts: str) -> tuple[L.LightningModule, Any]:
     task = GeneratorRLTask(reward="shapes-color", optimizer=_adamw(1e-3), plot=True, export=False, **FAST)
-    return task, _data(request.getfixturevalue("prompts_jsonl"))
+    return task, _data(prompts)
 
 
-SETUPS: dict[str, Callable[[Path, pytest.FixtureRequest], tuple[L.LightningModule, Any]]] = {
-    "generative-reward": lambda root, request: _reward(root, GenerativeRewardTask, request),
-    "regressive-reward": lambda root, request: _reward(root, RegressiveRewardTask, request),
-    "caption-pretrain": _pretrain,
-    "generator-pretrain": _generator_pretrain,
-    "generator-rl": _rl,
+SETUPS: dict[str, Callable[[pytest.FixtureRequest], tuple[L.LightningModule, Any]]] = {
+    "generative-reward": lambda request: _reward(GenerativeRewardTask, request.getfixturevalue("shards")),
+    "regressive-reward": lambda request: _reward(RegressiveRewardTask, request.getfixturevalue("shards")),
+    "caption-pretrain": lambda request: _pretrain(request.getfixturevalue("caption_data")),
+    "generator-pretrain": lambda request: _generator_pretrain(),
+    "generator-rl": lambda request: _rl(request.getfixturevalue("prompts_jsonl")),
 }
 
 RL_PARAMETER = "denoiser.proj_out.weight"
@@ -132,7 +133,7 @@ def _finite_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_nan_stops_the_run_before_the_update_and_keeps_the_checkpoints(
     setup: str, quantity: str, inject: Inject, message: str, tmp_path: Path, request: pytest.FixtureRequest
 ):
-    task, data = SETUPS[setup](tmp_path, request)
+    task, data = SETUPS[setup](request)
     assert any(isinstance(c, NonFiniteGuard) for c in task.configure_callbacks())  # attached by the task itself
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(
@@ -156,3 +157,33 @@ def test_nan_stops_the_run_before_the_update_and_keeps_the_checkpoints(
     assert all(torch.equal(state[k], v) for k, v in saved.items())
     if setup == "generator-rl":
         assert (tmp_path / "rl_curves.png").is_file()  # the task's on_non_finite hook ran
+
+
+def test_weights_already_non_finite_are_not_saved_as_last_good(shards, tmp_path: Path):  # noqa: F811 (the fixture)
+    class PoisonWeight(L.Callback):  # as an optimizer state overflowing on finite gradients would
+        def on_train_batch_start(self, trainer: L.Trainer, task: L.LightningModule, *_: object) -> None:
+            if trainer.global_step == STEP:
+                _find(task, f"{VLM_LAYER}.weight", "parameters").data[0, 0] = NAN
+
+    task, data = _reward(GenerativeRewardTask, shards)
+    trainer = L.Trainer(
+        max_steps=STEP + 2, accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path,
+        callbacks=[PoisonWeight()], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteError, match=r"Non-finite loss at step 2: .*already non-finite, so no checkpoint"):
+        trainer.fit(task, datamodule=data)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_nan_on_one_ddp_rank_stops_every_rank_at_that_step(shards, tmp_path: Path):  # noqa: F811 (the fixture)
+    script = ROOT / "tests" / "distributed" / "nonfinite_ddp.py"
+    proc = run_group(
+        [sys.executable, str(script), shards["train"], str(tmp_path)], cwd=ROOT, timeout=600, what="DDP guard run"
+    )
+    assert (tmp_path / "rank0.txt").is_file(), proc.stdout[-4000:]
+    # Rank 0's own loss was finite: it stopped on the decision reduced over both ranks, saving the weights first.
+    message = (tmp_path / "rank0.txt").read_text()
+    assert message.startswith("Non-finite loss at step 1: 1 of 2 values are NaN or inf (all ranks). Training stopped")
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last-good.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 1
+    _finite_weights(checkpoint["state_dict"])
