@@ -443,9 +443,6 @@ class RewardTask(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [NonFiniteGuard()]  # stop on a NaN loss or gradient, in every config
-
     # -- hooks a subclass overrides ----------------------------------------------------------------
 
     def criteria_for(self, sample: Sample) -> str:
@@ -627,6 +624,9 @@ class RewardTask(L.LightningModule):
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value, batch_size=size)
         return loss  # type: ignore[return-value]
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [NonFiniteGuard()]  # stop on a NaN loss or gradient, in every config
 
     # -- evaluation ------------------------------------------------------------------------------
 
