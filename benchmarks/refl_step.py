@@ -18,11 +18,12 @@ a real Trainer on one fixed batch of the config's prompts:
   the run): every prompt pays it once, in the first epoch.
 - step time: median over the steps after the first two (allocator warm-up), references already cached.
 - step peak: the most tensor memory allocated during one step (forward, backward, gradients, optimizer update) that
-  is live at once, from torch's profiler memory timeline of one extra, untimed step. It counts exactly the tensors
-  the step allocates, where resident-memory readings would also count, or hide, what the C allocator kept cached
-  from the set-up (model loading, references, sampling) in the same process.
-- process peak: the peak resident memory of the whole fresh process (models, references, steps): what the
-  machine must hold.
+  is live at once, in one extra, untimed step. Every tensor storage the step creates is followed from creation to
+  release (``rewarddance.planning``'s tracker, the CPU counterpart of ``torch.cuda.max_memory_allocated``), so it
+  counts exactly the step's tensors, where resident-memory readings would also count, or hide, what the C
+  allocator kept cached from the set-up (model loading, references, sampling) in the same process.
+- process peak: the peak resident memory of the whole fresh process (models, references, the timed steps; read
+  before the tracked step): what the machine must hold.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from rewarddance.data.prompts import PromptDataModule, load_prompts
     from rewarddance.data.shapes import write_geneval_jsonl
+    from rewarddance.planning import _LiveTensorBytes
     from rewarddance.tasks import GeneratorRLTask
 
     torch.set_num_threads(1)
@@ -101,27 +103,25 @@ def worker(args: argparse.Namespace) -> None:
         sampling.append(time.perf_counter() - started)
 
     times: list[float] = []
-    peaks: list[float] = []
+    peaks: dict[str, float] = {}
 
     class Measure(L.Callback):
-        """Times every step; profiles the last one (the profiler slows it: not timed)."""
+        """Times every step; follows the tensors of the last one (tracking slows it: not timed)."""
 
         def on_train_batch_start(self, trainer: L.Trainer, *_: object) -> None:
             self.started = time.perf_counter()
             if trainer.global_step == args.steps:
-                from torch.profiler import ProfilerActivity, profile
-
-                self.profiler = profile(
-                    activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-                )
-                self.profiler.__enter__()
+                # The process's peak so far: models, references, the timed steps (not the tracker's own records).
+                peaks["process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+                self.tracker = _LiveTensorBytes()
+                self.tracker.__enter__()
 
         def on_train_batch_end(self, trainer: L.Trainer, *_: object) -> None:
             if trainer.global_step <= args.steps:
                 times.append(time.perf_counter() - self.started)
                 return
-            self.profiler.__exit__(None, None, None)
-            peaks.append(timeline_peak_mb(self.profiler))
+            self.tracker.__exit__(None, None, None)
+            peaks["step"] = self.tracker.peak / 2**20
 
     jsonl = write_geneval_jsonl(Path(tempfile.mkdtemp()) / "prompts.jsonl", [p.get("metadata") or {} for p in batch])
     data = PromptDataModule(train=str(jsonl), batch_size=len(batch), shuffle=False)  # one fixed batch
@@ -132,19 +132,9 @@ def worker(args: argparse.Namespace) -> None:
     trainer.fit(task, datamodule=data)
     print(json.dumps({
         "sampling_s": statistics.median(sampling), "refl_s": statistics.median(times[2:]),
-        "references_s_per_prompt": references_s, "step_peak_mb": peaks[0],
-        "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: kilobytes
+        "references_s_per_prompt": references_s, "step_peak_mb": peaks["step"], "process_peak_mb": peaks["process"],
         "prompts_in_set": len(everything), "batch": len(batch),
     }))  # fmt: skip
-
-
-def timeline_peak_mb(prof: Any) -> float:
-    """Peak of the tensor memory live at once in a finished profile, above its start (CPU)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "timeline.json"
-        prof.export_memory_timeline(str(path), device="cpu")
-        _, sizes = json.loads(path.read_text())  # per time point: bytes live per category
-    return max(sum(s) for s in sizes) / 2**20
 
 
 def main() -> None:
