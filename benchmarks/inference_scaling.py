@@ -2,8 +2,8 @@
 
     python benchmarks/inference_scaling.py [--generator data/generators/shapes-t2i] [--per-tag 12]
 
-(12 per tag: ~70 prompts, about 12 minutes at one thread on a quiet 2-core machine; the cost per prompt of each
-row is its ``wall s`` over the number of prompts.)
+(12 per tag gives 54 prompts: some tags of the held-out split have fewer; the header prints the counts per tag,
+each row its wall time.)
 
 Each row samples the held-out ``shapes:test-id`` prompts (same seeds in every row) and judges one image per
 prompt with the pixel oracle, GenEval-style. Compute is denoiser evaluations per image (NFE: sample-steps,
@@ -84,6 +84,7 @@ def main() -> None:
         ("best-of-8", {"mode": "best_of_n", "n": 8}),
         ("search 4 paths x 2, 2 rounds", {"mode": "search", "n": 4, "branch_steps": [half, late]}),
     ]
+    per_tag = ", ".join(f"{tag} {count}" for tag, count in zip(*np.unique(tags, return_counts=True)))
     rows = []
     for name, extra in runs:
         started = time.perf_counter()
@@ -91,7 +92,7 @@ def main() -> None:
         reward = args.reward if extra["mode"] != "plain" else None
         rows.append((name, judge(args.generator, reward, items, settings), time.perf_counter() - started))
     print(
-        f"\n{args.generator}: {len(items)} held-out prompts (shapes:test-id, {args.per_tag} per tag), 1 image each, "
+        f"\n{args.generator}: {len(items)} held-out prompts (shapes:test-id, {per_tag}), 1 image each, "
         f"{args.steps} steps, guidance {args.guidance}; verifier {args.reward}; gains over plain with 95% paired "
         f"bootstrap intervals over prompts ({args.draws} draws)"
     )
