@@ -35,6 +35,7 @@ from diffusers import DDIMScheduler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
+from rewarddance.callbacks import NonFiniteGuard
 from rewarddance.data.shapes.geneval import format_report, geneval_report
 from rewarddance.data.shapes.prompts import geneval_prompts
 from rewarddance.models.generators import SAMPLING_DEFAULTS, Generator, load_generator, sample
@@ -162,6 +163,9 @@ class GeneratorPretrainTask(L.LightningModule):
             [*self.unet.parameters(), *self.text_encoder.parameters()], lr=h.lr, weight_decay=h.weight_decay
         )
         return [vae, denoiser]
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [NonFiniteGuard()]  # stop on a NaN loss or gradient (manual optimization: checked in manual_backward)
 
     @property
     def in_vae_phase(self) -> bool:

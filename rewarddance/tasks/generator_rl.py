@@ -14,8 +14,9 @@ model, pairwise with best-of-N references or pointwise, or any differentiable ca
   ``train_steps`` of the steps, optionally a KL to the starting model (:mod:`rewarddance.rl.grpo`).
 
 Guard rails: a non-finite reward, loss or gradient stops the run *before* the update, saves the still-good weights
-to ``<log dir>/checkpoints/last-good.ckpt`` and raises :class:`NonFiniteError`; gradient clipping is the Trainer's
-``gradient_clip_val``; samples whose pixels stop varying raise a :class:`SampleCollapseWarning`.
+to ``last-good.ckpt`` and raises :class:`~rewarddance.callbacks.NonFiniteError` (the shared
+:class:`~rewarddance.callbacks.NonFiniteGuard` checks loss and gradients, the task its reward); gradient clipping
+is the Trainer's ``gradient_clip_val``; samples whose pixels stop varying raise a :class:`SampleCollapseWarning`.
 
 Diagnostics: the reward std in a sliding window of iterations (:class:`rewarddance.metrics.RewardVariance`, the
 paper's measure); every ``eval_every`` steps (and before the first) a fixed prompt set (the DataModule's ``val``)
@@ -44,6 +45,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+from rewarddance.callbacks import NonFiniteGuard, check_finite, gradient_norms
 from rewarddance.data.prompts import PromptItem
 from rewarddance.data.shapes import evaluate, evaluate_parts, evaluate_video, evaluate_video_parts
 from rewarddance.metrics import RewardVariance
@@ -68,7 +70,6 @@ __all__ = [
     "GRPOSettings",
     "GeneratorLora",
     "GeneratorRLTask",
-    "NonFiniteError",
     "ReFLSettings",
     "RewardHackingWarning",
     "SampleCollapseWarning",
@@ -89,10 +90,6 @@ ORACLE_PARTS = ("colors", "count", "shape", "position", "mean")
 VP_SDE_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler")
 """UNet schedulers GRPO can sample DDIM's SDE with (their latents are VP: no sigma scaling)."""
 """Per-part oracle scores logged as ``oracle/parts/<part>`` (video adds ``motion``)."""
-
-
-class NonFiniteError(RuntimeError):
-    """A reward, loss or gradient was NaN or infinite; the run stopped before applying it."""
 
 
 class SampleCollapseWarning(UserWarning):
@@ -630,13 +627,12 @@ class GeneratorRLTask(L.LightningModule):
         state = refl_step_latents(self.adapter, prompts, step, seed=rng, **self.sampling_kwargs())
         images = state.adapter.decode(refl_predict_x0(state), state.context)
         rewards = self.reward(images, prompts, metadata)
-        self._check_finite("reward", rewards)
+        check_finite(self, "reward", rewards)
         loss = refl_loss(rewards, scale=settings.scale, hinge=settings.hinge)
         if settings.anchor_weight > 0:
             anchor = self.anchor_step(prompts, rng)
             self.log("train/anchor_loss", anchor.detach(), batch_size=len(prompts))
             loss = loss + settings.anchor_weight * anchor
-        self._check_finite("loss", loss)
         self._record_rewards(rewards, images, len(prompts))
         self.log("train/refl_step", float(step), batch_size=len(prompts))
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(prompts))
@@ -698,7 +694,6 @@ class GeneratorRLTask(L.LightningModule):
             drift.append(result.approx_kl)
             ratios.append(result.ratio)
         loss = torch.stack(losses).mean()
-        self._check_finite("loss", loss)
         n = len(prompts)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
         self.log("train/policy_loss", torch.stack(policy).mean(), batch_size=n)
@@ -729,7 +724,7 @@ class GeneratorRLTask(L.LightningModule):
             rewards = self.reward(
                 images, [p for p in prompts for _ in range(group)], [m for m in metadata for _ in range(group)]
             )
-        self._check_finite("reward", rewards)
+        check_finite(self, "reward", rewards)
         self._record_rewards(rewards, images, len(prompts))
         diversity = sample_diversity(images.view(len(prompts), group, *images.shape[1:]))
         self.log("train/diversity", diversity.nanmean(), batch_size=len(prompts))
@@ -749,43 +744,21 @@ class GeneratorRLTask(L.LightningModule):
 
     # -- guard rails and logging -------------------------------------------------------------------------------
 
-    def _check_finite(self, what: str, values: Tensor) -> None:
-        counts = torch.tensor([(~torch.isfinite(values.detach())).sum().item(), values.numel()], dtype=torch.float64)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            # Every rank stops together (a lone raise would leave the others waiting in a collective).
-            counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
-        bad, total = int(counts[0]), int(counts[1])
-        if bad == 0:
-            return
-        saved = self._save_last_good()
-        where = f"; the weights before it are saved to {saved} (resume with --ckpt_path {saved})" if saved else ""
-        ranks = " (all ranks)" if self._trainer is not None and self.trainer.world_size > 1 else ""
-        raise NonFiniteError(
-            f"Non-finite {what} at step {self.global_step}: {bad} of {total} values{ranks} are NaN or inf. "
-            f"Training stopped before this update{where}. Check the reward for NaNs, lower the learning rate, "
-            "or enable gradient clipping (trainer.gradient_clip_val)."
-        )
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [NonFiniteGuard()]  # the loss and gradient checks (the reward is checked in the step)
 
     def _log_dir(self) -> Path:
         # Collective under DDP (Trainer.log_dir broadcasts rank 0's): call it on every rank.
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
-    def _save_last_good(self) -> Path | None:
-        if self._trainer is None:
-            return None
-        root = self._log_dir()
-        path = root / "checkpoints" / "last-good.ckpt"
-        self.trainer.save_checkpoint(path)  # collective: every rank is here (the decision was reduced)
-        self.save_plot(root / "rl_curves.png")
-        return path
+    def on_non_finite(self) -> None:
+        """Called by the guard before it stops the run: the curves so far, next to the last good weights."""
+        self.save_plot()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
-        self._check_finite("gradient norm", norm)
-        self.log("train/grad_norm", norm)
+        norms = gradient_norms(self)
+        if norms:
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(list(norms.values()))))
 
     def _record_rewards(self, rewards: Tensor, images: Tensor, batch_size: int) -> None:
         r = rewards.detach().float()

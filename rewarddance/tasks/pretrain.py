@@ -42,6 +42,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from rewarddance.callbacks import NonFiniteGuard
 from rewarddance.data.schema import Sample
 from rewarddance.models import Backbone, load_backbone
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
@@ -457,6 +458,9 @@ class CaptionPretrainTask(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [NonFiniteGuard()]  # stop on a NaN loss or gradient, in every config
 
     # -- export --------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import PeftModel
 from torch import Tensor, nn
 
+from rewarddance.callbacks import NonFiniteGuard
 from rewarddance.data.schema import Clip, Sample, decode_sample
 from rewarddance.data.shapes.prompts import TAGS
 from rewarddance.data.shapes.video import VIDEO_TAGS
@@ -623,6 +624,9 @@ class RewardTask(L.LightningModule):
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value, batch_size=size)
         return loss  # type: ignore[return-value]
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [NonFiniteGuard()]  # stop on a NaN loss or gradient, in every config
 
     # -- evaluation ------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from rewarddance.callbacks import NonFiniteError
 from rewarddance.cli import main
 from rewarddance.data.prompts import PromptDataModule, load_prompts
 from rewarddance.data.shapes import TAGS, geneval_prompts, write_geneval_jsonl
@@ -30,7 +31,6 @@ from rewarddance.tasks.generator_pretrain import shapes_scheduler
 from rewarddance.tasks.generator_rl import (
     GeneratorLora,
     GRPOSettings,
-    NonFiniteError,
     RewardHackingWarning,
     SampleCollapseWarning,
 )
