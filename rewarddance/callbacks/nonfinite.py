@@ -30,6 +30,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
+from rewarddance.errors import RewardDanceError
+
 __all__ = ["NonFiniteError", "NonFiniteGuard", "check_finite", "gradient_norms"]
 
 LAST_GOOD = "last-good.ckpt"
@@ -37,8 +39,12 @@ NAMED = 5
 """Parameters named in the message at most (a NaN spreads backwards through the graph to many)."""
 
 
-class NonFiniteError(RuntimeError):
-    """A loss, gradient or reward was NaN or infinite; training stopped before applying it."""
+class NonFiniteError(RewardDanceError, RuntimeError):
+    """A loss, gradient or reward was NaN or infinite; training stopped before applying it.
+
+    An expected error (:mod:`rewarddance.errors`): the command line prints its message, which names the step,
+    the quantity and the saved checkpoint, without a traceback.
+    """
 
 
 def gradient_norms(module: torch.nn.Module) -> dict[str, Tensor]:
