@@ -248,7 +248,7 @@ CASES: dict[str, Case] = {
     ),
     "RL unknown tag": Case(
         lambda e: _rl(e, "--data.init_args.tags", "[nosuch_tag]"),
-        lambda e: "['nosuch_tag'] are not tags of 'shapes:train'",
+        lambda e: "tags (data.init_args.tags): ['nosuch_tag'] are not tags of 'shapes:train'",
     ),
     "RL tags that leave no prompt": Case(
         lambda e: _rl(e, "--data.init_args.train", str(e.root / "colors.jsonl"), "--data.init_args.tags", "[counting]"),

@@ -112,7 +112,9 @@ SOURCE_FORMS = (
 )
 
 
-def check_generated_source(source: str, tags: Sequence[str] | None = None, option: str = "source") -> None:
+def check_generated_source(
+    source: str, tags: Sequence[str] | None = None, option: str = "source", tags_option: str = "tags"
+) -> None:
     """Refuse an unknown split of a generated source, or tags it cannot generate (cheap: nothing is generated).
 
     Raises:
@@ -126,7 +128,7 @@ def check_generated_source(source: str, tags: Sequence[str] | None = None, optio
     known = VIDEO_TAGS if source.startswith(SHAPES_VIDEO_SCHEME) else TAGS
     unknown = [t for t in tags or () if t not in known]
     if unknown:
-        raise UsageError(f"tags: {unknown} are not tags of {source!r}; choose from {list(known)}")
+        raise UsageError(f"{tags_option}: {unknown} are not tags of {source!r}; choose from {list(known)}")
 
 
 def _generated(source: str, per_tag: int, seed: int, tags: Sequence[str] | None) -> list[dict[str, Any]]:
@@ -312,9 +314,10 @@ class PromptDataModule(L.LightningDataModule):
         for option, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
             if value < least:
                 raise UsageError(f"{option} (data.init_args.{option}) must be at least {least}, got {value}")
-        check_generated_source(train, tags, "train (data.init_args.train)")
+        tags_option = "tags (data.init_args.tags)"
+        check_generated_source(train, tags, "train (data.init_args.train)", tags_option)
         if val is not None:
-            check_generated_source(val, tags, "val (data.init_args.val)")
+            check_generated_source(val, tags, "val (data.init_args.val)", tags_option)
         self.save_hyperparameters()
         self.train, self.val = train, val
         self.batch_size, self.num_workers, self.seed, self.shuffle = batch_size, num_workers, seed, shuffle
@@ -334,7 +337,7 @@ class PromptDataModule(L.LightningDataModule):
             try:
                 resolve_shards(self.train)
             except FileNotFoundError as err:
-                raise FileNotFoundError(f"train (data.init_args.train) {self.train!r}: {err}. {SOURCE_FORMS}") from err
+                raise FileNotFoundError(f"train (data.init_args.train) {self.train!r}: {err}; {SOURCE_FORMS}") from err
             return
         self._train_items = load_prompts(self.train, per_tag=self.per_tag, seed=self.seed, tags=self.tags, unique=False)
         if not self._train_items:
