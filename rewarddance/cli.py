@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from rewarddance.checkpointing import AtomicCheckpointIO, load_error
 from rewarddance.commands import COMMANDS, CommandTree
@@ -174,12 +175,16 @@ class RewardDanceCLI(LightningCLI):
             return
         try:
             super().instantiate_classes()
-        except ValueError as err:
+        except (ValueError, MisconfigurationException) as err:
             if is_expected(err):
                 raise
+            cause = _refusal(err)
+            if is_expected(cause):
+                raise cause from err
             # The parser checked the types; a ValueError from a configured class's constructor is its check of a
-            # value the user gave (e.g. GeneratorRLTask's algorithm, the Trainer's arguments).
-            raise UsageError(f"the {self.config['subcommand']} configuration was refused: {err}") from err
+            # value the user gave (e.g. GeneratorRLTask's algorithm), and Lightning's MisconfigurationException
+            # the Trainer's refusal of a combination of its arguments.
+            raise UsageError(f"the {self.config['subcommand']} configuration was refused: {cause}") from err
 
     def _run_subcommand(self, subcommand: str) -> None:
         resolved = self._resolve_command()
@@ -190,6 +195,25 @@ class RewardDanceCLI(LightningCLI):
         params = inspect.signature(fn).parameters
         args = [kwargs.pop(n) for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY]
         self.result = fn(*args, **kwargs)
+
+
+UNION_REFUSAL = "Does not validate against any of the Union subtypes"
+"""How jsonargparse words its error when the constructor of a configured subclass (``model``, ``data``) refuses a
+value: the constructor's own error is its ``__context__``, and its message is followed by a dump of the config."""
+
+
+def _refusal(error: BaseException) -> BaseException:
+    """The error to report for a refused configuration: the first expected error in the chain of ``error`` (its
+    ``__cause__`` or ``__context__``, and theirs), else the constructor's error under jsonargparse's, else ``error``."""
+    chain = [error]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None and inner not in chain:
+        chain.append(inner)
+    expected = next((e for e in chain if is_expected(e)), None)
+    if expected is not None:
+        return expected
+    if str(error).startswith(UNION_REFUSAL) and len(chain) > 1:
+        return chain[1]
+    return error
 
 
 def _check_config_files(argv: list[str]) -> None:

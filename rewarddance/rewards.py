@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from rewarddance.data.shapes.scene import COLOR_NAMES, COLORS
+from rewarddance.errors import UsageError
 from rewarddance.rl.reference import ReferenceCache, ReferenceSelection
 
 __all__ = [
@@ -159,11 +160,11 @@ def register_reward(name: str, factory: Callable[..., Reward] | None = None, *, 
 def _import(path: str) -> Any:
     module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not module_name or not attr:
-        raise ValueError(f"Unknown reward {path!r}: not registered ({sorted(REWARDS)}) and not an import path")
+        raise UsageError(f"Unknown reward {path!r}: not registered ({sorted(REWARDS)}) and not an import path")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
-        raise ValueError(
+        raise UsageError(
             f"Unknown reward {path!r}: not registered ({sorted(REWARDS)}) and not importable ({error})"
         ) from error
 
@@ -180,7 +181,7 @@ def build_reward(spec: RewardSpec | Reward) -> Reward:
         kwargs = dict(spec)
         name = kwargs.pop("kind", None)
         if not isinstance(name, str):
-            raise ValueError(f"A reward mapping needs kind: <name>, got {dict(spec)!r}; registered: {sorted(REWARDS)}")
+            raise UsageError(f"A reward mapping needs kind: <name>, got {dict(spec)!r}; registered: {sorted(REWARDS)}")
     elif isinstance(spec, str):
         name, kwargs = spec, {}
     elif callable(spec):
@@ -188,14 +189,28 @@ def build_reward(spec: RewardSpec | Reward) -> Reward:
     else:
         raise TypeError(f"Expected a reward name, mapping or callable, got {type(spec).__name__}")
     if name in REWARDS:
-        return REWARDS[name](**kwargs)
+        return REWARDS[name](**_arguments(name, REWARDS[name], kwargs))
     target = _import(name)
     if inspect.isclass(target):
-        built = target(**kwargs)
+        built = target(**_arguments(name, target, kwargs))
         return built if isinstance(built, Reward) else CallableReward(built)
     if callable(target):
         return CallableReward(functools.partial(target, **kwargs) if kwargs else target)
-    raise ValueError(f"{name!r} is neither a class nor a callable")
+    raise UsageError(f"reward {name!r} is neither a class nor a callable")
+
+
+def _arguments(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs``, refused with the arguments ``factory`` takes when they do not fit its signature."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to check against: let the call itself decide
+        return kwargs
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        takes = [p for p in signature.parameters if p != "self"]
+        raise UsageError(f"reward {name!r}: {err}; it takes {takes}") from err
+    return kwargs
 
 
 # --------------------------------------------------------------------------------------------------- toy
@@ -224,7 +239,7 @@ class ShapesColorReward(Reward):
 
     def __init__(self, sigma: float = 0.15, coverage: float = 0.05) -> None:
         if sigma <= 0 or coverage <= 0:
-            raise ValueError(f"sigma and coverage must be > 0, got {sigma}, {coverage}")
+            raise UsageError(f"shapes-color reward: sigma and coverage must be > 0, got {sigma}, {coverage}")
         self.sigma, self.coverage = sigma, coverage
         self.palette = torch.tensor([COLORS[c] for c in COLOR_NAMES], dtype=torch.float32) / 255.0
 
@@ -267,7 +282,7 @@ class ShapesOracleReward(Reward):
 
     def __init__(self, score: Literal["overall", "mean"] = "mean") -> None:
         if score not in ("overall", "mean"):
-            raise ValueError(f"score must be 'overall' or 'mean', got {score!r}")
+            raise UsageError(f"shapes-oracle reward: score must be 'overall' or 'mean', got {score!r}")
         self.score = score
 
     def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> Tensor:
@@ -330,9 +345,11 @@ class RewardModelReward(Reward):
         seed: int = 0,
     ) -> None:
         if not 2 <= best_of_n <= 64:
-            raise ValueError(f"best_of_n must be in [2, 64] (the paper uses up to 16), got {best_of_n}")
+            raise UsageError(
+                f"reward_model reward: best_of_n must be in [2, 64] (the paper uses up to 16), got {best_of_n}"
+            )
         if not 1 <= top_k <= best_of_n:
-            raise ValueError(f"top_k must be in [1, best_of_n={best_of_n}], got {top_k}")
+            raise UsageError(f"reward_model reward: top_k must be in [1, best_of_n={best_of_n}], got {top_k}")
         self.path, self.criteria, self.dtype = path, criteria, dtype
         self.best_of_n, self.top_k, self.which = best_of_n, top_k, which
         self.both_orders, self.soft, self.judge_batch_size = both_orders, soft, judge_batch_size

@@ -106,6 +106,22 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     (root / "broken.yaml").write_text("trainer: [unclosed\n")
     (root / "a-file").write_text("x")
     e.pickapic = fx.make_pickapic(root / "pickapic").input  # its row 4 has an undecodable image
+
+    # Shard folders whose manifest.json is of another schema_version, not JSON, or lists no shards.
+    for name, edit in (
+        ("v99", lambda m: {**m, "schema_version": 99}),
+        ("bad-manifest", None),
+        ("no-shards-listed", lambda m: {**m, "total": 0, "shards": []}),
+    ):
+        folder = root / name
+        folder.mkdir()
+        for entry in e.shards.iterdir():
+            (folder / entry.name).write_bytes(entry.read_bytes())
+        manifest = folder / "manifest.json"
+        manifest.write_text(json.dumps(edit(json.loads(manifest.read_text()))) if edit else "{not json")
+    # GenEval prompt files: one with a line lacking its prompt, one of a single "colors" prompt.
+    (root / "no-prompt.jsonl").write_text('{"tag": "colors", "prompt": "a red circle"}\n{"tag": "colors"}\n')
+    (root / "colors.jsonl").write_text('{"tag": "colors", "prompt": "a red circle", "include": []}\n')
     return e
 
 
@@ -121,6 +137,16 @@ def _fit(e: Any, *extra: str) -> list[str]:
         "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
         "--trainer.default_root_dir", str(e.root / "runs"), "--model.init_args.export_dir", str(e.root / "export"),
         *extra,
+    ]  # fmt: skip
+
+
+def _rl(e: Any, *extra: str) -> list[str]:
+    """The GRPO recipe on the bundled generator with the toy reward, small and without logger or checkpoints."""
+    return [
+        "fit", "--config", str(ROOT / "configs" / "rl" / "shapes_grpo.yaml"), "--trainer.max_steps", "1",
+        "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.default_root_dir", str(e.root / "rl"),
+        "--model.init_args.reward", "shapes-color", "--model.init_args.height", "32", "--model.init_args.width", "32",
+        "--model.init_args.num_inference_steps", "4", "--data.init_args.val_per_tag", "1", *extra,
     ]  # fmt: skip
 
 
@@ -161,6 +187,87 @@ CASES: dict[str, Case] = {
     ),
     "fit --ckpt_path truncated": Case(
         lambda e: _fit(e, "--ckpt_path", str(e.root / "truncated.ckpt")), lambda e: "truncated.ckpt' is corrupt"
+    ),
+    # bad values of the data module, refused before any model loads
+    "fit data batch_size 0": Case(
+        lambda e: _fit(e, "--data.init_args.batch_size", "0"),
+        lambda e: "batch_size (data.init_args.batch_size) must be at least 1, got 0",
+    ),
+    "fit data num_workers -1": Case(
+        lambda e: _fit(e, "--data.init_args.num_workers", "-1"),
+        lambda e: "num_workers (data.init_args.num_workers) must be at least 0, got -1",
+    ),
+    "fit resampled without epoch_length": Case(
+        lambda e: _fit(e, "--data.init_args.resampled", "true"),
+        lambda e: "resampled (data.init_args.resampled): true needs epoch_length (data.init_args.epoch_length)",
+    ),
+    "empty training shard folder": Case(
+        lambda e: _fit(e, "--data.init_args.train", str(e.root / "empty")),
+        lambda e: f"{e.root / 'empty'} has neither manifest.json nor .tar shards",
+    ),
+    "shards of schema_version 99": Case(
+        lambda e: _fit(e, "--data.init_args.train", str(e.root / "v99")),
+        lambda e: f"{e.root / 'v99' / 'manifest.json'}, field 'schema_version': 99, but this rewarddance reads",
+    ),
+    "manifest.json that is not JSON": Case(
+        lambda e: _fit(e, "--data.init_args.val", str(e.root / "bad-manifest")),
+        lambda e: f"{e.root / 'bad-manifest' / 'manifest.json'}, line 1: not valid JSON",
+    ),
+    "manifest.json listing no shards": Case(
+        lambda e: _fit(e, "--data.init_args.train", str(e.root / "no-shards-listed")),
+        lambda e: f"no shards in {str(e.root / 'no-shards-listed')!r}",
+    ),
+    # bad values met while the model is configured
+    "backbone size on a folder": Case(
+        lambda e: _fit(e, "--model.init_args.backbone_kwargs", "{size: huge}"),
+        lambda e: "size='huge' only applies to family or tiny names",
+    ),
+    "unknown backbone dtype": Case(
+        lambda e: _fit(e, "--model.init_args.backbone_kwargs", "{dtype: float33}"), lambda e: "dtype 'float33'"
+    ),
+    "Trainer options that contradict each other": Case(
+        lambda e: _fit(e, "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint"),
+        lambda e: "configured with `enable_checkpointing=False` but found `ModelCheckpoint`",
+    ),
+    # RL: prompt sources and rewards
+    "RL unknown shapes split": Case(
+        lambda e: _rl(e, "--data.init_args.train", "shapes:holdout"),
+        lambda e: "train (data.init_args.train): unknown shapes split 'holdout'",
+    ),
+    "RL unknown validation split": Case(
+        lambda e: _rl(e, "--data.init_args.val", "shapes:nope"),
+        lambda e: "val (data.init_args.val): unknown shapes split 'nope'",
+    ),
+    "RL prompt source that does not exist": Case(
+        lambda e: _rl(e, "--data.init_args.train", "nosuch-prompts"),
+        lambda e: "train (data.init_args.train) 'nosuch-prompts': shard 'nosuch-prompts' does not exist",
+    ),
+    "RL prompt batch_size 0": Case(
+        lambda e: _rl(e, "--data.init_args.batch_size", "0"),
+        lambda e: "batch_size (data.init_args.batch_size) must be at least 1, got 0",
+    ),
+    "RL unknown tag": Case(
+        lambda e: _rl(e, "--data.init_args.tags", "[nosuch_tag]"),
+        lambda e: "tags (data.init_args.tags): ['nosuch_tag'] are not tags of 'shapes:train'",
+    ),
+    "RL tags that leave no prompt": Case(
+        lambda e: _rl(e, "--data.init_args.train", str(e.root / "colors.jsonl"), "--data.init_args.tags", "[counting]"),
+        lambda e: f"no training prompts in {str(e.root / 'colors.jsonl')!r} with tags ['counting']",
+    ),
+    "RL prompt file line without its prompt": Case(
+        lambda e: _rl(e, "--data.init_args.train", str(e.root / "no-prompt.jsonl")),
+        lambda e: "no-prompt.jsonl, line 2, field 'prompt'",
+    ),
+    "RL unknown reward": Case(
+        lambda e: _rl(e, "--model.init_args.reward", "nosuch-reward"), lambda e: "Unknown reward 'nosuch-reward'"
+    ),
+    "RL reward with an unknown argument": Case(
+        lambda e: _rl(e, "--model.init_args.reward", "{kind: shapes-color, sigmaa: 1}"),
+        lambda e: "reward 'shapes-color': got an unexpected keyword argument 'sigmaa'; it takes ['sigma', 'coverage']",
+    ),
+    "RL reward best_of_n 1": Case(
+        lambda e: _rl(e, "--model.init_args.reward", "{kind: reward_model, path: x, best_of_n: 1}"),
+        lambda e: "best_of_n must be in [2, 64]",
     ),
     # export
     "corrupt (random bytes) checkpoint": Case(
@@ -296,6 +403,27 @@ CASES: dict[str, Case] = {
         lambda e: "prompts.jsonl, line 2",
         absent=lambda e: [e.root / "g4"],
     ),
+    "generate with an unknown reward": Case(
+        lambda e: [
+            "generate",
+            "--generator",
+            "tiny-sd3",
+            "--prompt",
+            "p",
+            "--mode",
+            "best_of_n",
+            "--reward",
+            "nosuch-reward",
+            "--steps",
+            "2",
+            "--size",
+            "32",
+            "--out",
+            str(e.root / "g6"),
+        ],
+        lambda e: "Unknown reward 'nosuch-reward'",
+        absent=lambda e: [e.root / "g6"],
+    ),
     "evaluate --samples_per_prompt 0": Case(
         lambda e: ["evaluate", "--generator", "tiny-sd3", "--samples_per_prompt", "0"], lambda e: "--samples_per_prompt"
     ),
@@ -427,6 +555,43 @@ def test_a_bug_keeps_its_traceback(env: Any, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(score_module, "load_visual", broken)
     with pytest.raises(ZeroDivisionError):
         main(_score(env, "--prompt", "p", "--image", str(env.image)))
+
+
+def test_resuming_on_other_data_settings_is_refused_in_two_lines(env: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # A checkpoint saved after batch 1 of a 4-batch epoch, resumed with another batch size: the data position
+    # cannot be continued exactly (rewarddance.data.stream.ResumeError), which is the user's to fix.
+    folder = env.root / "resume-ckpt"
+    main(
+        _fit(
+            env,
+            "--data.init_args.batch_size",
+            "1",
+            "--trainer.enable_checkpointing",
+            "true",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={folder}",
+            "--trainer.callbacks.every_n_train_steps=1",
+            "--trainer.callbacks.save_last=true",
+        )
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            _fit(
+                env,
+                "--data.init_args.batch_size",
+                "2",
+                "--trainer.max_steps",
+                "2",
+                "--ckpt_path",
+                str(folder / "last.ckpt"),
+            )
+        )
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert "train: resuming at batch 1 of epoch 0, but the data position was saved under other settings" in err
+    assert "batch_size was 1, is 2" in err and "Traceback" not in err
+    assert err.rstrip().endswith("REWARDDANCE_DEBUG=1 for the traceback)")
 
 
 def test_console_script_and_python_m_exit_0_or_1_with_two_lines(env: Any) -> None:

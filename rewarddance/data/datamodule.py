@@ -22,6 +22,7 @@ import lightning as L
 
 from rewarddance.data.schema import Sample
 from rewarddance.data.stream import ShardInfo, ShardStream, StreamLoader, resolve_shards
+from rewarddance.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ Source = str | list[str]
 EvalSets = str | list[str] | dict[str, str | list[str]]
 Stage = Literal["train", "validate", "test", "predict"]
 _ATTR = {"train": "train", "validate": "val", "test": "test", "predict": "predict"}
+
+
+def _option(name: str) -> str:
+    """How an argument of a DataModule is named in the messages: as the option of a fit config or command line."""
+    return f"{name} (data.init_args.{name})"
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -99,9 +105,22 @@ class ShardDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
-        # Cheap on purpose: LightningCLI builds this to print configs; shards are read in setup().
+        # Cheap on purpose: LightningCLI builds this to print configs; shards are read in setup(). The values are
+        # checked here, before any model loads, rather than when the loaders are made.
+        for option, value, least in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("shuffle_buffer", shuffle_buffer, 0),
+            ("epoch_length", epoch_length, 1),
+            ("prefetch_factor", prefetch_factor, 1),
+        ):
+            if value is not None and value < least:
+                raise UsageError(f"{_option(option)} must be at least {least}, got {value}")
         if resampled and not epoch_length:
-            raise ValueError("resampled: true needs epoch_length (training samples per rank per epoch)")
+            raise UsageError(
+                f"{_option('resampled')}: true needs {_option('epoch_length')} (training samples per rank per epoch)"
+            )
         self.save_hyperparameters(ignore=["collate_fn"])
         self.train, self.val, self.test, self.predict = train, val, test, predict
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
@@ -231,7 +250,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> StreamLoader:
         if self.train is None:
-            raise ValueError("ShardDataModule: no train source given")
+            raise UsageError(f"ShardDataModule: no training shards given; set {_option('train')}")
         return self._loader("train", "train", self.train)
 
     def _eval_loaders(self, stage: str) -> list[StreamLoader]:

@@ -34,11 +34,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from rewarddance.data.datamodule import train_epoch, train_progress
+from rewarddance.data.jsonl import read_jsonl
 from rewarddance.data.schema import Sample
-from rewarddance.data.shapes.prompts import TAGS, geneval_prompts, read_geneval_jsonl
+from rewarddance.data.shapes.prompts import TAGS, geneval_prompts
 from rewarddance.data.shapes.splits import SPLIT_IDS
 from rewarddance.data.shapes.video import VIDEO_TAGS, sample_video_prompt
-from rewarddance.data.stream import STATE_FORMAT, ResumeError, ShardStream, StreamLoader
+from rewarddance.data.stream import STATE_FORMAT, ResumeError, ShardStream, StreamLoader, resolve_shards
+from rewarddance.errors import BadFileError, UsageError
 
 __all__ = ["PromptDataModule", "PromptItem", "PromptLoader", "is_generated_source", "load_prompts", "prompt_item"]
 
@@ -57,6 +59,14 @@ def prompt_item(metadata: dict[str, Any], prompt: str | None = None) -> PromptIt
     if not text:
         raise ValueError(f"No prompt text in {metadata!r}")
     return {"prompt": str(text), "metadata": dict(metadata)}
+
+
+def _jsonl_item(path: str, line: int, row: dict[str, Any]) -> PromptItem:
+    if not row.get("prompt"):
+        raise BadFileError(
+            f"{path}, line {line}, field 'prompt': missing or empty; each line is GenEval metadata with the prompt text"
+        )
+    return prompt_item(row)
 
 
 def _sample_item(sample: Sample) -> PromptItem:
@@ -96,11 +106,35 @@ def _video_prompts(per_tag: int, split: str, seed: int, tags: Sequence[str]) -> 
     return out
 
 
+SOURCE_FORMS = (
+    f"a prompt source is a GenEval-format .jsonl file, rewarddance shards (a folder with manifest.json, shard "
+    f"paths or patterns), or {SHAPES_SCHEME}<split> / {SHAPES_VIDEO_SCHEME}<split> with a split of {sorted(SPLIT_IDS)}"
+)
+
+
+def check_generated_source(
+    source: str, tags: Sequence[str] | None = None, option: str = "source", tags_option: str = "tags"
+) -> None:
+    """Refuse an unknown split of a generated source, or tags it cannot generate (cheap: nothing is generated).
+
+    Raises:
+        UsageError: naming ``option`` (e.g. ``data.init_args.train``), the bad value and the valid ones.
+    """
+    if not is_generated_source(source):
+        return
+    split = source.split(":", 1)[1]
+    if split not in SPLIT_IDS:
+        raise UsageError(f"{option}: unknown shapes split {split!r} in {source!r}; {SOURCE_FORMS}")
+    known = VIDEO_TAGS if source.startswith(SHAPES_VIDEO_SCHEME) else TAGS
+    unknown = [t for t in tags or () if t not in known]
+    if unknown:
+        raise UsageError(f"{tags_option}: {unknown} are not tags of {source!r}; choose from {list(known)}")
+
+
 def _generated(source: str, per_tag: int, seed: int, tags: Sequence[str] | None) -> list[dict[str, Any]]:
     video = source.startswith(SHAPES_VIDEO_SCHEME)
     split = source.split(":", 1)[1]
-    if split not in SPLIT_IDS:
-        raise ValueError(f"Unknown shapes split {split!r} in {source!r}; choose from {sorted(SPLIT_IDS)}")
+    check_generated_source(source, tags)
     if video:
         return _video_prompts(per_tag, split, seed, tuple(tags or VIDEO_TAGS))
     return geneval_prompts(per_tag, split=split, seed=seed, tags=tuple(tags or TAGS))
@@ -131,7 +165,7 @@ def load_prompts(
     if is_generated_source(source):
         items: Iterator[PromptItem] = (prompt_item(m) for m in _generated(source, per_tag, seed, tags))
     elif _is_jsonl(source):
-        items = (prompt_item(m) for m in read_geneval_jsonl(source))
+        items = (_jsonl_item(source, line, row) for line, row in read_jsonl(source))
     else:
         # rank 0 of 1: every process reads the whole set (the task splits evaluation prompts over ranks itself).
         stream = ShardStream(source, batch_size=256, load_visuals=False, rank=0, world_size=1, name=str(source))
@@ -275,9 +309,15 @@ class PromptDataModule(L.LightningDataModule):
         shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        # Cheap on purpose (LightningCLI builds it to print configs): sources are read in setup().
+        # Cheap on purpose (LightningCLI builds it to print configs): sources are read in setup(). Values are checked
+        # here, before any model loads.
+        for option, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if value < least:
+                raise UsageError(f"{option} (data.init_args.{option}) must be at least {least}, got {value}")
+        tags_option = "tags (data.init_args.tags)"
+        check_generated_source(train, tags, "train (data.init_args.train)", tags_option)
+        if val is not None:
+            check_generated_source(val, tags, "val (data.init_args.val)", tags_option)
         self.save_hyperparameters()
         self.train, self.val = train, val
         self.batch_size, self.num_workers, self.seed, self.shuffle = batch_size, num_workers, seed, shuffle
@@ -290,13 +330,21 @@ class PromptDataModule(L.LightningDataModule):
         return not (is_generated_source(self.train) or _is_jsonl(self.train))
 
     def setup(self, stage: str | None = None) -> None:
-        """Read in-memory training prompts (shards stream instead)."""
-        if stage in (None, "fit") and self._train_items is None and not self._streams_train():
-            self._train_items = load_prompts(
-                self.train, per_tag=self.per_tag, seed=self.seed, tags=self.tags, unique=False
+        """Read in-memory training prompts (shards stream instead: their list is resolved here, to fail early)."""
+        if stage not in (None, "fit") or self._train_items is not None:
+            return
+        if self._streams_train():
+            try:
+                resolve_shards(self.train)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"train (data.init_args.train) {self.train!r}: {err}; {SOURCE_FORMS}") from err
+            return
+        self._train_items = load_prompts(self.train, per_tag=self.per_tag, seed=self.seed, tags=self.tags, unique=False)
+        if not self._train_items:
+            raise UsageError(
+                f"no training prompts in {self.train!r} with tags {self.tags} (data.init_args.train, "
+                "data.init_args.tags): choose tags the source has, or tags: null for all"
             )
-            if not self._train_items:
-                raise ValueError(f"No training prompts in {self.train!r} (tags {self.tags})")
 
     def train_dataloader(self) -> DataLoader:
         """Prompt batches; shards stream through :class:`~rewarddance.data.stream.StreamLoader`."""

@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rewarddance.data.schema import SCHEMA_VERSION, Sample, ShardFormatError, decode_sample, member_role
 from rewarddance.data.writer import MANIFEST
+from rewarddance.errors import BadFileError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,26 @@ def _local_path(url: str) -> str:
 
 
 def _read_manifest(path: Path, check: bool = True) -> list[ShardInfo]:
-    manifest = json.loads(path.read_text())
-    version = manifest.get("schema_version")
+    rewrite = "rewrite the shards with this rewarddance (`python -m rewarddance data import` or `data shapes`)"
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BadFileError(
+            f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); {rewrite}"
+        ) from err
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema_version {version!r}, this reader understands {SCHEMA_VERSION}")
-    shards = [ShardInfo(str(path.parent / s["path"]), int(s["samples"])) for s in manifest["shards"]]
+        raise BadFileError(
+            f"{path}, field 'schema_version': {version!r}, but this rewarddance reads shards of schema_version "
+            f"{SCHEMA_VERSION}; {rewrite}, or read them with the rewarddance version that wrote them"
+        )
+    try:
+        shards = [ShardInfo(str(path.parent / s["path"]), int(s["samples"])) for s in manifest["shards"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadFileError(
+            f'{path}, field \'shards\': expected a list of {{"path", "samples"}} entries '
+            f"({type(err).__name__}: {err}); {rewrite}"
+        ) from err
     for shard in shards if check else ():
         if not os.path.exists(shard.url):
             raise FileNotFoundError(f"{path} lists {shard.url}, which does not exist")
@@ -164,7 +180,7 @@ def resolve_shards(source: ShardSource) -> list[ShardInfo]:
             else:
                 out.append(ShardInfo(url))
     if not out:
-        raise ValueError(f"no shards in {source!r}")
+        raise UsageError(f"no shards in {source!r}: give a shard folder, file, pattern or a non-empty list of them")
     return out
 
 
@@ -600,16 +616,22 @@ class ShardStream(IterableDataset):
         world_size: int | None = None,
         name: str = "stream",
     ) -> None:
+        # UsageError (a ValueError): these values come from configs and command flags.
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"{name}: batch_size must be at least 1, got {batch_size}")
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise UsageError(f"{name}: on_error must be 'raise' or 'skip', got {on_error!r}")
         if even_out not in ("pad", "drop"):
-            raise ValueError(f"even_out must be 'pad' or 'drop', got {even_out!r}")
-        if resampled and not epoch_length:
-            raise ValueError("resampled=True streams forever: give epoch_length (samples per rank per epoch)")
+            raise UsageError(f"{name}: even_out must be 'pad' or 'drop', got {even_out!r}")
+        if resampled and (epoch_length is None or epoch_length < 1):
+            raise UsageError(
+                f"{name}: resampled=True streams forever: give epoch_length (samples per rank per epoch, at least 1), "
+                f"got {epoch_length}"
+            )
         if epoch_length is not None and not resampled:
-            raise ValueError("epoch_length only applies with resampled=True (a finite epoch is the whole data set)")
+            raise UsageError(
+                f"{name}: epoch_length only applies with resampled=True (a finite epoch is the whole data set)"
+            )
         if isinstance(source, Sequence) and source and all(isinstance(s, ShardInfo) for s in source):
             self.shards: list[ShardInfo] = list(source)  # type: ignore[arg-type]
         else:
@@ -681,7 +703,8 @@ class ShardStream(IterableDataset):
             _rng(self.seed, epoch, 0x5A4D).shuffle(order)
         n = sum(s.samples or 0 for s in order)
         if n == 0:
-            raise ValueError(f"{self.name}: no samples in {len(self.shards)} shards")
+            where = self.shards[0].url if len(self.shards) == 1 else f"{len(self.shards)} shards"
+            raise BadFileError(f"{self.name}: no samples in {where}; point it at shards that hold samples")
         base, extra = divmod(n, world)
         quota = base + (extra > 0) if self.even_out == "pad" else base
         if quota == 0:
@@ -919,8 +942,11 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
-class ResumeError(ValueError):
-    """A checkpoint's data position cannot be continued exactly with the current settings."""
+class ResumeError(UsageError):
+    """A checkpoint's data position cannot be continued exactly with the current settings.
+
+    An expected error (:func:`rewarddance.errors.is_expected`): the command line prints its message, which says
+    what changed and how to resume, without a traceback."""
 
 
 STATE_FORMAT = 1

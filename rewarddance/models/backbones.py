@@ -640,7 +640,7 @@ def _spec_for_model_type(model_type: str, name_or_path: str) -> BackboneSpec:
         if spec.model_type == model_type:
             return spec
     known = {s.model_type: s.name for s in BACKBONES.values()}
-    raise ValueError(
+    raise UsageError(
         f"{name_or_path!r} is a {model_type!r} model; registered families are {known}. "
         "Add one with rewarddance.models.register_backbone."
     )
@@ -677,7 +677,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
         return dtype
     resolved = getattr(torch, dtype, None)
     if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float32' or 'auto'.")
+        raise UsageError(f"Unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float32' or 'auto'.")
     return resolved
 
 
@@ -699,11 +699,11 @@ def _image_token(processor: ProcessorMixin) -> tuple[str, int]:
 def _tiny_size(preset: str | None, overrides: Mapping[str, Any]) -> TinySize:
     preset = preset or "tiny"
     if preset not in TINY_PRESETS:
-        raise ValueError(f"Unknown tiny size {preset!r}; choose from {sorted(TINY_PRESETS)}.")
+        raise UsageError(f"Unknown tiny size {preset!r}; choose from {sorted(TINY_PRESETS)}.")
     fields = [f.name for f in dataclasses.fields(TinySize)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(f"Unknown tiny size fields {unknown}; TinySize has {fields}.")
+        raise UsageError(f"Unknown tiny size fields {unknown}; TinySize has {fields}.")
     return dataclasses.replace(TINY_PRESETS[preset], **overrides)
 
 
@@ -788,7 +788,7 @@ def load_backbone(
     if name.startswith(TINY_PREFIX) and name[len(TINY_PREFIX) :] in BACKBONES:
         spec = BACKBONES[name[len(TINY_PREFIX) :]]
         if processor_kwargs:
-            raise ValueError(
+            raise UsageError(
                 "processor_kwargs apply to pretrained processors; size tiny ones with image_size/patch_size."
             )
         tiny_size = _tiny_size(size, tiny_overrides)
@@ -801,14 +801,14 @@ def load_backbone(
         model.eval()
     else:
         if tiny_overrides:
-            raise ValueError(f"{sorted(tiny_overrides)} only apply to tiny backbones ('{TINY_PREFIX}<family>').")
+            raise UsageError(f"{sorted(tiny_overrides)} only apply to tiny backbones ('{TINY_PREFIX}<family>').")
         if name in BACKBONES:
             label = size or BACKBONES[name].default_size
             if label not in BACKBONES[name].hub_ids:
-                raise ValueError(f"{name!r} has no size {label!r}; choose from {sorted(BACKBONES[name].hub_ids)}.")
+                raise UsageError(f"{name!r} has no size {label!r}; choose from {sorted(BACKBONES[name].hub_ids)}.")
             name = BACKBONES[name].hub_ids[label]
         elif size is not None:
-            raise ValueError(f"size={size!r} only applies to family or tiny names, not {name!r}.")
+            raise UsageError(f"size={size!r} only applies to family or tiny names, not {name!r}.")
         _check_name_or_folder(name)
         try:
             spec, model, processor = _load_pretrained(

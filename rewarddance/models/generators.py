@@ -915,7 +915,7 @@ def load_generator(
     tiny_size: TinyGeneratorSize | None = None
     if target.startswith(TINY_PREFIX) and target == TINY_PREFIX + spec.name:
         if pipeline_kwargs:
-            raise ValueError("pipeline_kwargs apply to from_pretrained; size tiny generators with their fields.")
+            raise UsageError("pipeline_kwargs apply to from_pretrained; size tiny generators with their fields.")
         tiny_size = _tiny_size(tiny_overrides)
         # fork_rng: reproducible tiny weights without reseeding the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
@@ -925,7 +925,7 @@ def load_generator(
             pipeline = pipeline.to(dtype=torch_dtype)
     else:
         if tiny_overrides:
-            raise ValueError(f"{sorted(tiny_overrides)} only apply to tiny generators ('{TINY_PREFIX}<family>').")
+            raise UsageError(f"{sorted(tiny_overrides)} only apply to tiny generators ('{TINY_PREFIX}<family>').")
         kwargs: dict[str, Any] = {**spec.load_kwargs, **(pipeline_kwargs or {})}
         # Always name the dtype: without one, diffusers' models load as float32 but transformers' text encoders
         # keep the stored dtype, so a float16 folder would come back half float16, half float32.
