@@ -269,6 +269,14 @@ CASES: dict[str, Case] = {
         lambda e: _rl(e, "--model.init_args.reward", "{kind: reward_model, path: x, best_of_n: 1}"),
         lambda e: "best_of_n must be in [2, 64]",
     ),
+    "RL refl with a reward that is not differentiable": Case(
+        lambda e: _rl(e, "--model.init_args.algorithm", "refl", "--model.init_args.reward", "shapes-oracle"),
+        lambda e: "model.init_args.algorithm: refl backpropagates the reward",
+    ),
+    "RL refl anchor loss with a reward that chooses no references": Case(
+        lambda e: _rl(e, "--model.init_args.algorithm", "refl", "--model.init_args.refl", "{anchor_weight: 1.0}"),
+        lambda e: "model.init_args.refl.anchor_weight trains on the best-of-N references",
+    ),
     # export
     "corrupt (random bytes) checkpoint": Case(
         lambda e: _export(e, "garbage.ckpt"), lambda e: "garbage.ckpt' is corrupt"

@@ -38,6 +38,7 @@ from torch import Tensor
 from rewarddance.callbacks import NonFiniteGuard
 from rewarddance.data.shapes.geneval import format_report, geneval_report
 from rewarddance.data.shapes.prompts import geneval_prompts
+from rewarddance.errors import UsageError
 from rewarddance.models.generators import SAMPLING_DEFAULTS, Generator, load_generator, sample
 from rewarddance.models.pixels import to_pil_images
 
@@ -141,7 +142,10 @@ class GeneratorPretrainTask(L.LightningModule):
         h = self.hparams
         generator = load_generator(h.generator, seed=h.init_seed, **{**DEFAULT_SIZE, **(h.size or {})})
         if generator.family != "sd15":
-            raise ValueError(f"GeneratorPretrainTask trains SD-1.5-style pipelines, not {generator.family!r}")
+            raise UsageError(
+                f"model.init_args.generator: GeneratorPretrainTask trains SD-1.5-style pipelines, not "
+                f"{generator.family!r} ({h.generator!r}): use an sd15 generator (e.g. tiny-sd15)."
+            )
         generator.pipeline.scheduler = shapes_scheduler(h.prediction_type)
         self.generator = generator
         pipe = generator.pipeline

@@ -48,6 +48,7 @@ from torch import Tensor
 from rewarddance.callbacks import NonFiniteGuard, check_finite, gradient_norms
 from rewarddance.data.prompts import PromptItem
 from rewarddance.data.shapes import evaluate, evaluate_parts, evaluate_video, evaluate_video_parts
+from rewarddance.errors import UsageError
 from rewarddance.metrics import RewardVariance
 from rewarddance.models.generators import Generator, load_generator
 from rewarddance.models.peft_utils import LoraSettings
@@ -433,12 +434,14 @@ class GeneratorRLTask(L.LightningModule):
         generator = load_generator(self.hparams.generator, **(self.hparams.generator_kwargs or {}))
         scheduler = type(generator.scheduler).__name__
         if self.hparams.algorithm == "grpo" and generator.kind == "unet" and scheduler not in VP_SDE_SCHEDULERS:
-            raise ValueError(
-                f"algorithm: grpo on a UNet ({generator.family}) samples DDIM's SDE and needs a DDIM or DDPM "
+            raise UsageError(
+                f"model.init_args.algorithm: grpo on a UNet ({generator.family}) samples DDIM's SDE and needs a DDIM or DDPM "
                 f"scheduler, not {scheduler}: pass generator_kwargs.pipeline_kwargs.scheduler, or use algorithm: refl."
             )
         if generator.kind == "video" and self.hparams.num_frames is None:
-            raise ValueError(f"{generator.family} samples videos: set num_frames (4k + 1 for Wan, e.g. 5)")
+            raise UsageError(
+                f"{generator.family} samples videos: set model.init_args.num_frames (4k + 1 for Wan, e.g. 5)"
+            )
         for module in (generator.vae, *generator.text_encoders, generator.image_encoder):
             if module is not None:
                 module.requires_grad_(False).eval()
@@ -461,13 +464,13 @@ class GeneratorRLTask(L.LightningModule):
         reward.setup(sampler=self.sample_starting_model)
         self.reward = reward
         if self.hparams.algorithm == "refl" and not reward.differentiable:
-            raise ValueError(
-                f"algorithm: refl backpropagates the reward into the generator, and {reward!r} is not "
-                "differentiable: use algorithm: grpo."
+            raise UsageError(
+                f"model.init_args.algorithm: refl backpropagates the reward into the generator, and {reward!r} is not "
+                "differentiable (model.init_args.reward): use algorithm: grpo."
             )
         if self.hparams.algorithm == "refl" and self.refl_settings.anchor_weight > 0 and not reward.needs_references:
-            raise ValueError(
-                f"refl.anchor_weight trains on the best-of-N references, and {reward!r} chooses none: use a pairwise "
+            raise UsageError(
+                f"model.init_args.refl.anchor_weight trains on the best-of-N references, and {reward!r} chooses none: use a pairwise "
                 "reward model, or set anchor_weight: 0."
             )
         grpo_kl = self.hparams.algorithm == "grpo" and self.grpo_settings.kl_coef > 0

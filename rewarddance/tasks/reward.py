@@ -53,6 +53,7 @@ from rewarddance.data.shapes.video import VIDEO_TAGS
 from rewarddance.data.stream import iter_tar_samples, resolve_shards
 from rewarddance.distributed import is_sharded, shard_task, unsharded_copy
 from rewarddance.distributed import last_hidden_state as sharded_last_hidden_state
+from rewarddance.errors import UsageError
 from rewarddance.losses import bradley_terry_loss, pair_label_to_target, pointwise_generative_loss, yes_no_cross_entropy
 from rewarddance.metrics import CalibrationError, CategoryAccuracy, PairwiseAccuracy, PositionBias, order_averaged_prob
 from rewarddance.models import Backbone, LoraSettings, load_backbone, prepare_for_training, sample_frames
@@ -757,7 +758,10 @@ class RewardTask(L.LightningModule):
             different = {k: (record.get(k), v) for k, v in mine.items() if record.get(k) != v}
             if different:
                 details = "; ".join(f"{k}: checkpoint {a!r}, this task {b!r}" for k, (a, b) in different.items())
-                raise ValueError(f"This checkpoint was trained with another model configuration ({details}).")
+                raise UsageError(
+                    f"This checkpoint was trained with another model configuration ({details}): resume with the "
+                    "same model.init_args, or start a new fit."
+                )
         state = checkpoint.get("state_dict")
         if state is None:
             return  # a distributed (FSDP2) checkpoint folder: the strategy has loaded the weights, strictly
@@ -765,7 +769,7 @@ class RewardTask(L.LightningModule):
         missing = sorted(set(own) - set(state))
         shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
         if missing or shapes:
-            raise ValueError(
+            raise UsageError(
                 f"The checkpoint does not fit backbone {self.hparams.backbone!r}: {len(missing)} missing "
                 f"parameters (e.g. {missing[:3]}), {len(shapes)} of another shape (e.g. {shapes[:3]}). "
                 "Was it trained with another backbone or size?"
@@ -1010,7 +1014,10 @@ class GenerativeRewardTask(RewardTask):
                 datamodule = getattr(self.trainer, "datamodule", None)
                 source = getattr(datamodule, "train", None)
             if source is None:
-                raise ValueError("examples > 0 needs examples_from, or a DataModule with a train source.")
+                raise UsageError(
+                    "model.init_args.examples > 0 needs model.init_args.examples_from, or a DataModule with a "
+                    "train source."
+                )
             self.examples_pool = self.load_examples(source)
 
     def _example_kinds(self) -> list[QuestionKind]:
@@ -1054,7 +1061,10 @@ class GenerativeRewardTask(RewardTask):
             yes, no = found[question, True], found[question, False]
             interleaved = [q for pair in zip(yes, no) for q in pair] + yes[len(no) :] + no[len(yes) :]
             if len(interleaved) < k:
-                raise ValueError(f"Found only {len(interleaved)} of {k} {question} examples in {source!r}.")
+                raise UsageError(
+                    f"Found only {len(interleaved)} of {k} {question} examples in {source!r} "
+                    "(model.init_args.examples / examples_from): lower examples or use a larger source."
+                )
             pool[question] = interleaved[:k]
         return pool
 
