@@ -334,10 +334,16 @@ def train_progress(trainer: L.Trainer | None) -> int | None:
     Read when the train loader is iterated. Mid-epoch means the epoch has started and not ended
     (``started > processed``); the batch counter then still holds the restored checkpoint's count
     of processed batches (its ``completed`` lags by one when the save happened in
-    ``on_train_batch_end``). Between epochs the batch counter is stale or reset, so 0."""
+    ``on_train_batch_end``). Between epochs the batch counter is stale or reset, so 0. A checkpoint
+    saved after the last batch of an epoch (``limit_train_batches`` or ``max_steps`` reached there)
+    restarts in the next epoch with the finished epoch's counter still in place: its last-batch flag,
+    or a count that fills the epoch, says so, and the new epoch starts afresh."""
     if trainer is None:
         return None
     epochs = trainer.fit_loop.epoch_progress.current
     if epochs.started <= epochs.processed:
         return 0
-    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    if batches.is_last_batch or batches.current.processed >= trainer.num_training_batches:
+        return 0
+    return batches.current.processed
