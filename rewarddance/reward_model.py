@@ -35,14 +35,17 @@ from transformers import BatchFeature
 
 from rewarddance.errors import BadFileError
 from rewarddance.models import Backbone, load_backbone, sample_frames
+from rewarddance.models.inputs import encode_images
 from rewarddance.models.peft_utils import unwrap_peft
-from rewarddance.models.scoring import Normalization, rewards_with_shared_prefix
+from rewarddance.models.scoring import Normalization, PrefixNotShared, rewards_with_shared_prefix
 from rewarddance.prompting import (
     EncodeReport,
     Query,
     RationaleFormat,
     Template,
+    check_visual,
     encode_queries,
+    ordered_visuals,
 )
 
 EXPORT_CONFIG = "rewarddance_reward.json"
@@ -222,8 +225,13 @@ def regressive_rewards(
 # --------------------------------------------------------------------------------------------
 
 
+def _frames(visual: Any) -> list[Image.Image]:
+    """An image as a one-frame list; a video's frames."""
+    return [visual] if isinstance(visual, Image.Image) else list(visual)
+
+
 def _save_visual(visual: Any, folder: Path, stem: str) -> list[str]:
-    frames = [visual] if isinstance(visual, Image.Image) else list(visual)
+    frames = _frames(visual)
     names = [f"{stem}.png"] if isinstance(visual, Image.Image) else [f"{stem}.{t:03d}.png" for t in range(len(frames))]
     for frame, name in zip(frames, names):
         frame.save(folder / name)
@@ -465,11 +473,15 @@ class RewardModel:
         """Best-of-N: rewards of N candidates for one prompt against one reference.
 
         The instruction, the prompt and the reference image (and any in-context examples) are the
-        same for every candidate, so they are encoded once and their key/value cache is shared by
-        the N candidates (:func:`rewarddance.models.scoring.rewards_with_shared_prefix`). The rewards
-        equal :meth:`score` on the same inputs to float tolerance. Falls back to :meth:`score` where
-        the prefix cannot be shared (reasons-first models generate a rationale per candidate;
-        candidates of different sizes encode to different lengths).
+        same for every candidate, and same-size candidates even give the same tokens. So the
+        question is rendered and processed once, with the first candidate; the other candidates
+        only have their images processed; the model runs the shared prefix once and the N
+        candidates' suffixes as one batch on its key/value cache
+        (:func:`rewarddance.models.scoring.rewards_with_shared_prefix`). The rewards equal
+        :meth:`score` on the same inputs to float tolerance. Falls back to :meth:`score` where the
+        prefix cannot be shared: reasons-first models generate a rationale per candidate;
+        candidates of different sizes encode to different lengths; a template that shows the
+        candidate before the reference shares no reference.
 
         Returns:
             ``[N]`` float32 rewards on CPU.
@@ -480,21 +492,40 @@ class RewardModel:
             )
         n = len(candidates)
         queries = self.queries([prompt] * n, candidates, [reference] * n, criteria)
-        if self.config["rationale_format"] == "reasons_first" or n < 2:
+
+        def from_scratch() -> Tensor:
             return self.score([prompt] * n, candidates, [reference] * n, criteria=criteria, batch_size=n)
+
+        candidate_last = ordered_visuals(self.template, queries[0])[-1] is queries[0].visuals[1]
+        frames = [_frames(check_visual(q.visuals[1], q.key)) for q in queries]
+        # Candidates of one kind and frame count give the same question text.
+        same_kind = len({(isinstance(q.visuals[1], Image.Image), len(f)) for q, f in zip(queries, frames)}) == 1
+        if self.config["rationale_format"] == "reasons_first" or n < 2 or not candidate_last or not same_kind:
+            return from_scratch()
         self.backbone.model.eval()
-        inputs, report = encode_queries(
-            self.backbone, self.template, queries, rationale_format=self.config["rationale_format"],
+        backbone = self.backbone
+        pair, report = encode_queries(
+            backbone, self.template, queries[:1], rationale_format=self.config["rationale_format"],
             max_length=self.config.get("max_length"),
         )  # fmt: skip
-        self.last_report = report
-        if "attention_mask" in inputs and not bool(inputs["attention_mask"].all()):
-            return self.score([prompt] * n, candidates, [reference] * n, criteria=criteria, batch_size=n)
-        backbone = self.backbone
-        return rewards_with_shared_prefix(
-            backbone.model, inputs, backbone.yes_token_id, backbone.no_token_id, backbone.image_token_id,
-            normalization=self.config["normalization"],
-        ).cpu()  # fmt: skip
+        others = encode_images(backbone.processor, [f for candidate in frames[1:] for f in candidate])
+        try:
+            rewards = rewards_with_shared_prefix(
+                backbone.model, pair, others, backbone.yes_token_id, backbone.no_token_id, backbone.image_token_id,
+                candidate_images=len(frames[0]), normalization=self.config["normalization"],
+            )  # fmt: skip
+        except PrefixNotShared:  # candidates of different sizes
+            return from_scratch()
+        # Same-size candidates have their prompt truncated alike: report each, as score() would.
+        cut = report.cut.get(queries[0].key, 0)
+        self.last_report = EncodeReport(
+            truncated=n if cut else 0,
+            truncated_tokens=n * cut,
+            cut={q.key: cut for q in queries} if cut else {},
+            limit=report.limit,
+        )
+        self.last_rationales = None
+        return rewards.cpu()
 
     @torch.no_grad()
     def score(

@@ -111,7 +111,37 @@ def test_best_of_n_with_a_shared_prefix_scores_like_score(tmp_path):
     model = RewardModel.from_pretrained(_export(task, tmp_path))
     candidates = [Image.effect_noise((64, 64), 20 + 9 * i).convert("RGB") for i in range(5)]
     reference = Image.new("RGB", (64, 64), "red")
+    # Count what the real image processor is given, through a wrapper on the instance the processor calls.
+    image_processor = model.backbone.processor.image_processor
+    processed: list[Image.Image] = []
+    preprocess = image_processor.preprocess
+
+    def counting_preprocess(images, *args, **kwargs):
+        processed.extend(images if isinstance(images, list) else [images])
+        return preprocess(images, *args, **kwargs)
+
+    image_processor.preprocess = counting_preprocess
     shared = model.score_candidates("a red circle", candidates, reference)
+    del image_processor.preprocess
+    # The reference (and the prompt's text) is processed once per call, each candidate once.
+    assert sum(im.tobytes() == reference.tobytes() for im in processed) == 1
+    assert len(processed) == 1 + len(candidates)
     one_by_one = model.score(["a red circle"] * 5, candidates, references=[reference] * 5, batch_size=1)
     torch.testing.assert_close(shared, one_by_one, atol=1e-5, rtol=1e-4)
     assert shared.std() > 0
+    # A candidate of another shape encodes to another length: scored from scratch, with the same result.
+    mixed = [*candidates[:2], candidates[2].resize((128, 64))]
+    expected = model.score(["a red circle"] * 3, mixed, references=[reference] * 3, batch_size=1)
+    torch.testing.assert_close(model.score_candidates("a red circle", mixed, reference), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_best_of_n_reports_a_truncated_prompt_like_score(tmp_path):
+    model = RewardModel.from_pretrained(_export(GenerativeRewardTask(paradigm="pairwise"), tmp_path))
+    model.config["max_length"] = 400
+    candidates = [Image.effect_noise((64, 64), 20 + 9 * i).convert("RGB") for i in range(3)]
+    reference, prompt = Image.new("RGB", (64, 64), "red"), "a red circle " * 400
+    shared = model.score_candidates(prompt, candidates, reference)
+    shared_report = model.last_report
+    one_by_one = model.score([prompt] * 3, candidates, references=[reference] * 3, batch_size=1)
+    torch.testing.assert_close(shared, one_by_one, atol=1e-5, rtol=1e-4)
+    assert shared_report.truncated == 3 and shared_report == model.last_report

@@ -208,3 +208,28 @@ def encode(
             labels[i, -len(ids) :] = torch.tensor(ids)
         batch["labels"] = labels
     return batch
+
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+def encode_images(processor: ProcessorMixin, images: Sequence[Image.Image]) -> BatchFeature:
+    """The pixel inputs :func:`encode` would make for ``images``, without any text.
+
+    Best-of-N needs the candidates' pixels alone: their prompt and reference are encoded once
+    with the first candidate (see ``RewardModel.score_candidates``). The images go through the
+    processor itself, behind one image placeholder each, so its own image settings apply (a
+    family's processor may pass options to its image processor); the placeholder tokens are
+    dropped.
+
+    Args:
+        processor: The backbone's multimodal processor.
+        images: The images, in order.
+
+    Returns:
+        ``pixel_values`` and, for Qwen families, ``image_grid_thw`` (one row per image).
+    """
+    # One short row per image: a single row of all their tokens would pass the tokenizer's length limit and warn.
+    texts = [processor.image_token] * len(images)
+    batch = processor(text=texts, images=list(images), padding=True, return_tensors="pt")
+    return BatchFeature({k: v for k, v in batch.items() if k not in _TEXT_KEYS})

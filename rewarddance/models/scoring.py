@@ -100,106 +100,109 @@ def yes_probability(
     return yes_no_log_probs(logits, yes_token_id, no_token_id, normalization)[:, 0].exp()
 
 
-def shared_prefix_length(
-    input_ids: Tensor, image_token_id: int, images_in_prefix: int | None = None
-) -> tuple[int, int]:
-    """Length of the prefix that holds the first ``images_in_prefix`` images of every row (None:
-    all but the last image, i.e. everything before the candidate).
+class PrefixNotShared(ValueError):
+    """The candidates do not encode to sequences that differ only in their pixels (e.g. different sizes)."""
 
-    The prefix ends just before the token that opens the next image (the family's
-    vision-start / ``<img>`` token sits right before the image's first placeholder token).
-    Returns ``(prefix length, images in it)``. All rows must agree on it, and the rows must be unpadded: best-of-N scores N candidates for
-    one prompt and one reference, so the sequences only differ after the shared prefix.
-    """
-    ids = input_ids[0]
-    positions = (ids == image_token_id).nonzero().flatten().tolist()
-    starts = [p for i, p in enumerate(positions) if i == 0 or p - positions[i - 1] > 1]
-    if images_in_prefix is None:
-        images_in_prefix = len(starts) - 1
-    if len(starts) <= images_in_prefix or images_in_prefix < 1:
-        raise ValueError(f"the sequences hold {len(starts)} images; a prefix of {images_in_prefix} leaves no candidate")
-    split = starts[images_in_prefix] - 1
-    if not torch.equal(input_ids[:, :split], input_ids[:1, :split].expand(input_ids.shape[0], -1)):
-        raise ValueError(
-            "the rows do not share their first tokens: shared-prefix scoring needs one prompt and reference"
-        )
-    return split, images_in_prefix
+
+def image_starts(input_ids: Tensor, image_token_id: int) -> list[int]:
+    """Positions of the first placeholder token of each image in one sequence (``[length]`` ids)."""
+    positions = (input_ids == image_token_id).nonzero().flatten().tolist()
+    return [p for i, p in enumerate(positions) if i == 0 or p - positions[i - 1] > 1]
 
 
 def rewards_with_shared_prefix(
     model: nn.Module,
-    inputs: Mapping[str, Any],
+    pair: Mapping[str, Any],
+    others: Mapping[str, Any],
     yes_token_id: int,
     no_token_id: int,
     image_token_id: int,
-    images_in_prefix: int | None = None,
+    candidate_images: int = 1,
     normalization: Normalization = "yes_no",
 ) -> Tensor:
-    """P("yes") for N sequences that share a prefix, encoding the prefix once.
+    """P("yes") for N candidates asked the same question, encoding what they share once.
 
     Best-of-N against one reference asks the same question N times: instruction, prompt and the
-    reference image are identical, only the candidate differs. The prefix (up to the candidate)
-    runs once with the KV cache on; its cache is repeated N times and only the candidates'
-    suffixes run. Positions come from the full sequences, so Qwen's multimodal (3-D) rotary
-    positions of the suffix are exactly those a from-scratch forward uses: the rewards equal
-    :func:`yes_probability` on the full inputs to float tolerance (tested).
+    reference image are identical, only the candidate differs. Same-size candidates even give
+    identical token sequences; only their pixels differ. So the processor runs once on the first
+    full question (``pair``) and on the other candidates' images alone (``others``, from
+    :func:`rewarddance.models.inputs.encode_images`); the model runs the shared prefix (everything
+    before the first candidate image) once with the KV cache on, repeats that cache N times and
+    runs only the N suffixes (candidate images and the rest of the question) as one batch.
+    Positions come from the full sequence, so Qwen's multimodal (3-D) rotary positions of the
+    suffix are exactly those a from-scratch forward uses: the rewards equal :func:`yes_probability`
+    on the N full sequences to float tolerance (tested).
 
     Args:
         model: A Qwen-VL family model (pixel inputs described by ``image_grid_thw``) or one whose
             ``pixel_values`` hold one tile per image (InternVL without tiling).
-        inputs: Processor output for the N full sequences, unpadded (same length), each with
-            ``images_in_prefix`` shared images followed by its own candidate image(s).
+        pair: Processor output of one question (one row): the shared images, then the first
+            candidate's ``candidate_images`` images, then the rest of the question.
+        others: Pixel inputs of the other N - 1 candidates, ``candidate_images`` images each, in order.
         yes_token_id: Id of "yes".
         no_token_id: Id of "no".
         image_token_id: The image placeholder token id.
-        images_in_prefix: How many leading images are shared; None: all but the last (the
-            reference, and any in-context example images before it).
+        candidate_images: Images per candidate (a video candidate has one per frame).
         normalization: See the module docstring.
 
     Returns:
         ``[N]`` float32 rewards.
+
+    Raises:
+        PrefixNotShared: The other candidates' images differ in size from the first's (their
+            sequences would differ in length), or nothing precedes the candidate.
     """
-    input_ids = inputs["input_ids"]
-    n, length = input_ids.shape
-    if "attention_mask" in inputs and not bool(inputs["attention_mask"].all()):
-        raise ValueError("shared-prefix scoring needs unpadded rows (one prompt, same-size candidates)")
-    split, images_in_prefix = shared_prefix_length(input_ids, image_token_id, images_in_prefix)
-    device = next(model.parameters()).device
-    pixels = inputs["pixel_values"]
-    grid = inputs.get("image_grid_thw")
-    images_per_row = (grid.shape[0] if grid is not None else pixels.shape[0]) // n
+    input_ids = pair["input_ids"]
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"pair must be one encoded question, got {input_ids.shape[0]} rows")
+    length = input_ids.shape[1]
+    starts = image_starts(input_ids[0], image_token_id)
+    shared_images = len(starts) - candidate_images
+    if shared_images < 1:
+        raise PrefixNotShared(
+            f"the question holds {len(starts)} images: none precedes the {candidate_images} of the candidate"
+        )
+    # The family's vision-start / <img> token sits right before an image's first placeholder.
+    split = starts[shared_images] - 1
+    pixels, others_pixels = pair["pixel_values"], others["pixel_values"]
+    grid = pair.get("image_grid_thw")
     if grid is not None:
-        rows_per_image = grid.prod(-1)
-        per_row = pixels.split(rows_per_image.tolist())
-        take = lambda sl: torch.cat([per_row[r * images_per_row + i] for r in sl[0] for i in sl[1]])  # noqa: E731
-        prefix_pixels = take(([0], range(images_in_prefix)))
-        suffix_pixels = take((range(n), range(images_in_prefix, images_per_row)))
-        grid_rows = grid.view(n, images_per_row, -1)
-        prefix_extra = {"image_grid_thw": grid_rows[0, :images_in_prefix]}
-        suffix_extra = {"image_grid_thw": grid_rows[:, images_in_prefix:].reshape(-1, grid.shape[-1])}
-        position_ids = _full_position_ids(model, inputs)
+        candidate_grid = grid[shared_images:]
+        n = 1 + others["image_grid_thw"].shape[0] // candidate_images
+        if not torch.equal(others["image_grid_thw"], candidate_grid.repeat(n - 1, 1)):
+            raise PrefixNotShared("the candidates differ in size, so their sequences differ in length")
+        prefix_rows = int(grid[:shared_images].prod(-1).sum())
+        prefix_extra = {"image_grid_thw": grid[:shared_images]}
+        suffix_extra = {"image_grid_thw": candidate_grid.repeat(n, 1)}
+        position_ids = _full_position_ids(model, pair)
     else:
-        shaped = pixels.view(n, images_per_row, *pixels.shape[1:])
-        prefix_pixels = shaped[0, :images_in_prefix]
-        suffix_pixels = shaped[:, images_in_prefix:].reshape(-1, *pixels.shape[1:])
+        n = 1 + others_pixels.shape[0] // candidate_images
+        if pixels.shape[0] != len(starts) or others_pixels.shape[0] != (n - 1) * candidate_images:
+            raise PrefixNotShared("one pixel tile per image is needed (InternVL without tiling)")
+        if others_pixels.shape[1:] != pixels.shape[1:]:
+            raise PrefixNotShared("the candidates differ in size, so their sequences differ in length")
+        prefix_rows = shared_images
         prefix_extra, suffix_extra = {}, {}
-        position_ids = torch.arange(length).expand(n, -1)
-    token_types = inputs.get("mm_token_type_ids")
+        position_ids = torch.arange(length)[None]
+    suffix_positions = position_ids[..., split:]
+    token_types = pair.get("mm_token_type_ids")
     prefix = {
-        "input_ids": input_ids[:1, :split],
-        "pixel_values": prefix_pixels,
+        "input_ids": input_ids[:, :split],
+        "pixel_values": pixels[:prefix_rows],
         **prefix_extra,
-        **({"mm_token_type_ids": token_types[:1, :split]} if token_types is not None else {}),
+        **({"mm_token_type_ids": token_types[:, :split]} if token_types is not None else {}),
     }
     suffix = {
-        "input_ids": input_ids[:, split:],
-        "pixel_values": suffix_pixels,
+        "input_ids": input_ids[:, split:].expand(n, -1),
+        # Row i's images: the first candidate's come from the pair, the others' from ``others``.
+        "pixel_values": torch.cat([pixels[prefix_rows:], others_pixels]),
         "attention_mask": torch.ones(n, length, dtype=torch.long),
-        "position_ids": position_ids[..., split:],
+        "position_ids": suffix_positions.expand(*suffix_positions.shape[:-2], n, -1),
         "cache_position": torch.arange(split, length),
         **suffix_extra,
-        **({"mm_token_type_ids": token_types[:, split:]} if token_types is not None else {}),
+        **({"mm_token_type_ids": token_types[:, split:].expand(n, -1)} if token_types is not None else {}),
     }
+    device = next(model.parameters()).device
     to = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
     cache = model(**to(prefix), use_cache=True, logits_to_keep=1).cache
     cache.batch_repeat_interleave(n)
@@ -208,7 +211,7 @@ def rewards_with_shared_prefix(
 
 
 def _full_position_ids(model: nn.Module, inputs: Mapping[str, Any]) -> Tensor:
-    """Qwen-VL multimodal rotary positions of the full sequences (no forward pass needed)."""
+    """Qwen-VL multimodal rotary positions of full sequences (no forward pass needed)."""
     inner = getattr(model, "model", model)
     kwargs = {"image_grid_thw": inputs["image_grid_thw"], "attention_mask": inputs.get("attention_mask")}
     if "mm_token_type_ids" in inputs:
