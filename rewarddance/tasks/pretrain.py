@@ -25,6 +25,7 @@ Run it with ``python -m rewarddance fit --config configs/pretrain/shapes_vlm_tin
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -190,8 +191,9 @@ class WarmupCosineLR(LambdaLR):
     Args:
         optimizer: The optimizer (LightningCLI passes it; configure the rest in YAML).
         warmup_steps: Steps of linear warmup from 0.
-        total_steps: Step at which the cosine reaches its minimum (stays there afterwards); set it to
-            ``trainer.max_steps``.
+        total_steps: Step at which the cosine reaches its minimum (stays there afterwards); null: the
+            trainer's ``max_steps`` (the task fills it in, see :func:`sized_to_budget`), so overriding
+            ``--trainer.max_steps`` resizes the schedule too.
         min_ratio: Final lr as a fraction of the peak lr.
     """
 
@@ -199,17 +201,37 @@ class WarmupCosineLR(LambdaLR):
         self,
         optimizer: torch.optim.Optimizer,
         warmup_steps: int = 200,
-        total_steps: int = 10000,
+        total_steps: int | None = 10000,
         min_ratio: float = 0.1,
     ) -> None:
-        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, max(total_steps, 1), min_ratio
+        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
         super().__init__(optimizer, self._factor)
 
     def _factor(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        # total_steps is None only between construction and sized_to_budget (LambdaLR evaluates step 0 at once).
+        progress = min(1.0, (step - self.warmup_steps) / max(1, (self.total_steps or 0) - self.warmup_steps))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+
+def sized_to_budget(scheduler: Any, trainer: L.Trainer) -> Any:
+    """Give a :class:`WarmupCosineLR` configured without ``total_steps`` the trainer's step budget.
+
+    The budget is ``trainer.max_steps``, or where that is unset (-1) Lightning's estimate from
+    ``max_epochs`` and the batches per epoch. Called by the tasks' ``configure_optimizers``; other
+    schedulers pass through.
+    """
+    if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
+        # estimated_stepping_batches builds the train loader to count it: asked only when max_steps is unset.
+        budget = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        if not math.isfinite(budget) or budget < 1:  # inf: max_epochs -1; -1: an endless iterable
+            raise ValueError(
+                "WarmupCosineLR without total_steps decays over the training steps, which are unbounded here: "
+                "set trainer.max_steps or the scheduler's total_steps"
+            )
+        scheduler.total_steps = int(budget)
+    return scheduler
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +477,7 @@ class CaptionPretrainTask(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = sized_to_budget(self.scheduler_factory(optimizer), self.trainer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- export --------------------------------------------------------------------------------
