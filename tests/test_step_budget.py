@@ -48,7 +48,7 @@ def test_cosine_without_total_steps_decays_over_the_trainers_max_steps():
     assert scheduler.total_steps == 20
     lrs = _lrs(scheduler, 21)
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # linear warmup to the peak
-    assert all(a > b for a, b in itertools.pairwise(lrs[3:21]))  # then strictly down...
+    assert all(a > b for a, b in itertools.pairwise(lrs[4:21]))  # then strictly down from step 4...
     assert lrs[12] == pytest.approx(0.5)  # ...through half the peak mid-way (step 4 + 16 / 2)...
     assert lrs[20] == pytest.approx(0.0, abs=1e-12)  # ...to 0 at max_steps
 
@@ -78,6 +78,7 @@ def test_configs_budget_in_steps_not_wall_time():
 
 def _fit(root: Path, seed: int) -> tuple[str, bytes]:
     shapes = ROOT / "data" / "shapes"
+    root.mkdir(parents=True)
     config = root / "tiny.yaml"
     config.write_text(f"""
 trainer:
