@@ -17,6 +17,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from rewarddance.tasks.pretrain import WarmupCosineLR, sized_to_budget
 from tests.processes import run_group
@@ -57,9 +58,32 @@ def test_an_explicit_total_steps_is_kept_and_an_unbounded_budget_refused():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     fixed = WarmupCosineLR(optimizer, warmup_steps=2, total_steps=7)
     assert sized_to_budget(fixed, L.Trainer(max_steps=20, logger=False)).total_steps == 7
-    open_ended = WarmupCosineLR(optimizer, total_steps=None)
+    endless = L.Trainer(max_steps=-1, max_epochs=-1, logger=False)
+    open_ended = sized_to_budget(WarmupCosineLR(optimizer, warmup_steps=0, total_steps=None), endless)
     with pytest.raises(ValueError, match=r"set trainer\.max_steps"):
-        sized_to_budget(open_ended, L.Trainer(max_steps=-1, max_epochs=-1, logger=False))
+        _lrs(open_ended, 2)  # the first decaying step asks for the budget
+
+
+class _CosineBoringModel(BoringModel):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=1.0)
+        self.scheduler = sized_to_budget(
+            WarmupCosineLR(optimizer, warmup_steps=2, total_steps=None, min_ratio=0.0), self.trainer
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler, "interval": "step"}}
+
+
+def test_without_max_steps_the_schedule_spans_the_epochs(tmp_path):
+    """max_epochs x batches, asked once training runs (not in configure_optimizers, before a resume's restore)."""
+    model = _CosineBoringModel()
+    trainer = L.Trainer(
+        max_epochs=3, limit_train_batches=4, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model)
+    assert model.scheduler.total_steps == 12
+    assert model.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # decayed to 0 at the last step
+    assert "budget" not in model.scheduler.state_dict()  # the callback holding the trainer stays out of checkpoints
 
 
 def test_configs_budget_in_steps_not_wall_time():
