@@ -111,8 +111,10 @@ class RewardDanceCLI(LightningCLI):
         wall_started, cpu_started = self._fit_started
         wall, cpu = time.perf_counter() - wall_started, time.process_time() - cpu_started
         steps = self.trainer.global_step
+        # A resumed fit's global_step counts the checkpoint's steps too, which this run's clock did not see.
+        rate = "resumed" if self.config["fit"].get("ckpt_path") else f"{steps / wall:.2f} steps/s"
         speed = (
-            f"[rewarddance] fit: {steps} steps in {wall:.0f} s ({steps / wall:.2f} steps/s, validation included), "
+            f"[rewarddance] fit: {steps} steps in {wall:.0f} s ({rate}, validation included), "
             f"{torch.get_num_threads()} torch thread(s), {cpu:.0f} s CPU in the main process"
         )
         if self.config["fit"].get("test_after_fit") and getattr(self.datamodule, "test", None) is not None:
