@@ -78,6 +78,7 @@ from rewarddance.reward_model import (
     hidden_size,
     last_hidden_state,
 )
+from rewarddance.tasks.pretrain import sized_to_budget
 
 Paradigm = Literal["pairwise", "pointwise"]
 TiePolicy = Literal["soft", "exclude"]
@@ -441,7 +442,7 @@ class RewardTask(L.LightningModule):
             optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = sized_to_budget(self.scheduler_factory(optimizer), self.trainer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- hooks a subclass overrides ----------------------------------------------------------------
