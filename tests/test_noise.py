@@ -86,3 +86,34 @@ def test_transformers_torchvision_fallback_is_silenced_and_only_it():
         logging.getLogger("transformers").removeHandler(capture)
     assert capture.messages[0] == "another transformers warning"
     assert len(capture.messages) == 2 and capture.messages[1].startswith(f"`{fresh[1]}` requires torchvision")
+
+
+def _trainer_messages(tmp_path: Path) -> list[str]:
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    capture = _Capture()
+    logging.getLogger("lightning.pytorch").addHandler(capture)
+    try:
+        Trainer(logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False)
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").info("another lightning message")
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(capture)
+    return capture.messages
+
+
+def test_lightning_cloud_tips_are_silenced_and_only_they(tmp_path):
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    ours = list(logger.filters)
+    assert ours, "rewarddance installs its filter at import"
+    shown = _trainer_messages(tmp_path / "filtered")
+    assert not any("Tip: For seamless cloud" in m for m in shown)
+    assert "another lightning message" in shown
+    for f in ours:
+        logger.removeFilter(f)
+    try:
+        unfiltered = _trainer_messages(tmp_path / "plain")
+    finally:
+        for f in ours:
+            logger.addFilter(f)
+    assert any(m.startswith("💡 Tip: For seamless cloud logging") for m in unfiltered)
