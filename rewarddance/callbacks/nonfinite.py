@@ -152,3 +152,15 @@ class NonFiniteGuard(L.Callback):
             more = f" and {len(bad) - NAMED} more" if len(bad) > NAMED else ""
             names = f": {', '.join(bad[:NAMED])}{more}"
         _stop_if_any(pl_module, "gradient norm", len(bad), len(norms), "parameters have a NaN or inf gradient", names)
+
+
+def task_callbacks(module: L.LightningModule) -> list[L.Callback]:
+    """What every task's ``configure_callbacks`` returns: a :class:`NonFiniteGuard`, unless its trainer has one.
+
+    Lightning calls ``configure_callbacks`` again for ``test`` after ``fit`` (and a user may configure a guard
+    of their own in YAML); returning a second guard would replace the first with a notice on every run.
+    """
+    trainer = module._trainer  # None before a Trainer attaches it (LightningModule.trainer would raise)
+    if trainer is not None and any(isinstance(c, NonFiniteGuard) for c in trainer.callbacks):
+        return []
+    return [NonFiniteGuard()]

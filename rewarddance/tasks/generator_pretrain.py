@@ -35,7 +35,7 @@ from diffusers import DDIMScheduler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
-from rewarddance.callbacks import NonFiniteGuard
+from rewarddance.callbacks import task_callbacks
 from rewarddance.data.shapes.geneval import format_report, geneval_report
 from rewarddance.data.shapes.prompts import geneval_prompts
 from rewarddance.errors import UsageError
@@ -169,7 +169,7 @@ class GeneratorPretrainTask(L.LightningModule):
         return [vae, denoiser]
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [NonFiniteGuard()]  # stop on a NaN loss or gradient (manual optimization: checked in manual_backward)
+        return task_callbacks(self)  # stop on a NaN loss or gradient (manual optimization: checked in manual_backward)
 
     @property
     def in_vae_phase(self) -> bool:

@@ -45,7 +45,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
-from rewarddance.callbacks import NonFiniteGuard, check_finite, gradient_norms
+from rewarddance.callbacks import check_finite, gradient_norms, task_callbacks
 from rewarddance.data.prompts import PromptItem
 from rewarddance.data.shapes import evaluate, evaluate_parts, evaluate_video, evaluate_video_parts
 from rewarddance.errors import UsageError
@@ -748,7 +748,7 @@ class GeneratorRLTask(L.LightningModule):
     # -- guard rails and logging -------------------------------------------------------------------------------
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [NonFiniteGuard()]  # the loss and gradient checks (the reward is checked in the step)
+        return task_callbacks(self)  # the loss and gradient checks (the reward is checked in the step)
 
     def _log_dir(self) -> Path:
         # Collective under DDP (Trainer.log_dir broadcasts rank 0's): call it on every rank.

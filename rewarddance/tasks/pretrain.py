@@ -44,7 +44,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from rewarddance.callbacks import NonFiniteGuard
+from rewarddance.callbacks import task_callbacks
 from rewarddance.data.schema import Sample
 from rewarddance.models import Backbone, load_backbone
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
@@ -505,7 +505,7 @@ class CaptionPretrainTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [NonFiniteGuard()]  # stop on a NaN loss or gradient, in every config
+        return task_callbacks(self)  # stop on a NaN loss or gradient, in every config
 
     # -- export --------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import PeftModel
 from torch import Tensor, nn
 
-from rewarddance.callbacks import NonFiniteGuard
+from rewarddance.callbacks import task_callbacks
 from rewarddance.data.schema import Clip, Sample, decode_sample
 from rewarddance.data.shapes.prompts import TAGS
 from rewarddance.data.shapes.video import VIDEO_TAGS
@@ -628,7 +628,7 @@ class RewardTask(L.LightningModule):
         return loss  # type: ignore[return-value]
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [NonFiniteGuard()]  # stop on a NaN loss or gradient, in every config
+        return task_callbacks(self)  # stop on a NaN loss or gradient, in every config
 
     # -- evaluation ------------------------------------------------------------------------------
 

@@ -187,3 +187,17 @@ def test_a_nan_on_one_ddp_rank_stops_every_rank_at_that_step(shards, tmp_path: P
     checkpoint = torch.load(tmp_path / "checkpoints" / "last-good.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 1
     _finite_weights(checkpoint["state_dict"])
+
+
+def test_a_trainer_keeps_its_one_guard_across_fit_and_test(tmp_path):
+    # Lightning asks configure_callbacks again for test-after-fit: a second guard would replace the first with a
+    # notice; a guard the user configured stays the one used.
+    task = RegressiveRewardTask()
+    fresh = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    task.trainer = fresh
+    assert [type(c) for c in task.configure_callbacks()] == [NonFiniteGuard]
+    mine = NonFiniteGuard()
+    guarded = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[mine])
+    task.trainer = guarded
+    assert task.configure_callbacks() == []
+    assert [c for c in guarded.callbacks if isinstance(c, NonFiniteGuard)] == [mine]
