@@ -32,8 +32,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from rewarddance.data.schema import Sample, decode_sample
-from rewarddance.data.shapes import build_split
 from rewarddance.data.stream import ShardStream, StreamLoader, iter_tar_samples, resolve_shards
+from rewarddance.shapes import build_split
 
 BATCH = 32
 WORKERS = 2

@@ -27,9 +27,9 @@ import torch
 
 from rewarddance.commands.generate import _run, _settings
 from rewarddance.data.prompts import load_prompts
-from rewarddance.data.shapes.geneval import geneval_summary
-from rewarddance.data.shapes.oracle import judge_image
 from rewarddance.models.pixels import to_pil_images
+from rewarddance.shapes.geneval import geneval_summary
+from rewarddance.shapes.oracle import judge_image
 
 
 def judge(generator: str, reward: str | None, items: list[dict[str, Any]], settings: dict[str, Any]) -> dict:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from rewarddance.data.shapes.agreement import measure_agreement
-from rewarddance.data.shapes.render import RenderOptions
+from rewarddance.shapes.agreement import measure_agreement
+from rewarddance.shapes.render import RenderOptions
 
 
 def main() -> None:

@@ -77,8 +77,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from rewarddance.data.prompts import PromptDataModule, load_prompts
-    from rewarddance.data.shapes import write_geneval_jsonl
     from rewarddance.planning import _LiveTensorBytes
+    from rewarddance.shapes import write_geneval_jsonl
     from rewarddance.tasks import GeneratorRLTask
 
     torch.set_num_threads(1)

@@ -23,10 +23,10 @@ from collections import defaultdict
 import torch
 
 from rewarddance.data.prompts import load_prompts
-from rewarddance.data.shapes import evaluate
 from rewarddance.inference import Verifier
 from rewarddance.models.generators import load_generator, sample
 from rewarddance.models.pixels import to_pil_images
+from rewarddance.shapes import evaluate
 
 
 def pair_accuracy(scores: torch.Tensor, correct: torch.Tensor) -> tuple[float, int]:

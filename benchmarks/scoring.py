@@ -92,7 +92,7 @@ class PeakMemory:
 
 def run_method(method: str, args: argparse.Namespace) -> dict:
     """Time one scoring method on the batch (median of repeats); report peak RSS growth."""
-    from rewarddance.models.scoring import last_token_logits, yes_no_log_probs
+    from rewarddance.judge.readout import last_token_logits, yes_no_log_probs
 
     torch.set_num_threads(1)
     backbone = build(args.image_size, args.hidden, args.vocab)
@@ -129,8 +129,8 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
 
 
 def run_best_of_n(args: argparse.Namespace) -> dict:
+    from rewarddance.judge.readout import rewards_with_shared_prefix, yes_probability
     from rewarddance.models.inputs import encode_images
-    from rewarddance.models.scoring import rewards_with_shared_prefix, yes_probability
 
     torch.set_num_threads(1)
     backbone = build(args.image_size, args.hidden, args.vocab)

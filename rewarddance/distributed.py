@@ -43,7 +43,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from rewarddance.checkpointing import is_local_path
-from rewarddance.models.peft_utils import prepare_for_training, unwrap_peft
+from rewarddance.models.lora import prepare_for_training, unwrap_peft
 
 try:  # torch >= 2.6
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard

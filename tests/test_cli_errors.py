@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from rewarddance.cli import main
-from rewarddance.data.shapes import build_split
 from rewarddance.errors import describe
+from rewarddance.shapes import build_split
 from rewarddance.tasks import GenerativeRewardTask
 from tests.data import importer_fixtures as fx
 from tests.data.streamkit import good_record, with_meta, write_records

@@ -34,8 +34,8 @@ from rewarddance.cli import main
 from rewarddance.data.datamodule import ShardDataModule
 from rewarddance.data.schema import Sample, decode_sample
 from rewarddance.data.stream import iter_tar_samples, resolve_shards
+from rewarddance.judge.reward_model import RewardModel
 from rewarddance.models import LoraSettings, load_backbone
-from rewarddance.reward_model import RewardModel
 from rewarddance.tasks import GenerativeRewardTask
 from tests.processes import run_group
 
@@ -230,9 +230,9 @@ def test_lora_checkpoint_file_exports_merged_model_and_adapter(tmp_path, pairs, 
 @pytest.mark.timeout(120)
 def test_rl_generator_checkpoint_exports_a_pipeline_with_the_adapter(tmp_path):
     from rewarddance.data.prompts import PromptDataModule
-    from rewarddance.data.shapes import geneval_prompts, write_geneval_jsonl
     from rewarddance.models.generators import load_generator
     from rewarddance.rl.denoising import adapter_for
+    from rewarddance.shapes import geneval_prompts, write_geneval_jsonl
     from rewarddance.tasks import GeneratorRLTask
     from rewarddance.tasks.generator_rl import GeneratorLora
 

@@ -11,8 +11,8 @@ import torch
 
 from rewarddance.cli import main
 from rewarddance.inference import Verifier, generate
+from rewarddance.judge.reward_model import RewardModel
 from rewarddance.models.generators import load_generator, sample
-from rewarddance.reward_model import RewardModel
 from rewarddance.rl.reference import pairwise_win_matrix, win_counts
 from rewarddance.tasks import GenerativeRewardTask
 from rewarddance.tasks.generator_pretrain import shapes_scheduler

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rewarddance.losses import (
+from rewarddance.judge.losses import (
     bradley_terry_loss,
     pair_label_to_target,
     pointwise_generative_loss,

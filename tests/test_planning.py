@@ -11,7 +11,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from rewarddance.commands.plan import plan
 from rewarddance.models.backbones import load_backbone
-from rewarddance.models.peft_utils import LoraSettings, prepare_for_training, trainable_parameter_count
+from rewarddance.models.lora import LoraSettings, prepare_for_training, trainable_parameter_count
 from rewarddance.planning import (
     GIB,
     KNOWN_CONFIGS,

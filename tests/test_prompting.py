@@ -6,8 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rewarddance.models import load_backbone
-from rewarddance.prompting import (
+from rewarddance.judge.prompting import (
     BadInputError,
     Query,
     Template,
@@ -18,6 +17,7 @@ from rewarddance.prompting import (
     render_conversation,
     swap_image_mentions,
 )
+from rewarddance.models import load_backbone
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
 from rewarddance.models import LoraSettings
-from rewarddance.reward_model import EXPORT_CONFIG, RewardModel
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a red circle"]

@@ -9,9 +9,9 @@ from PIL import Image
 
 from rewarddance.cli import main
 from rewarddance.data.importers import import_dataset
-from rewarddance.data.shapes import build_split
+from rewarddance.judge.reward_model import RewardModel
 from rewarddance.metrics import hpsv2_accuracy, imagereward_accuracy, pickscore_accuracy
-from rewarddance.reward_model import RewardModel
+from rewarddance.shapes import build_split
 from rewarddance.tasks import GenerativeRewardTask
 
 try:  # tests/ may or may not be a package

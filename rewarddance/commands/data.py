@@ -42,7 +42,7 @@ def shapes(
         style: Rendering style: auto (alt for test-ood, default otherwise), default or alt. An alt-style
             train split keeps the held-out colour-shape and relation combinations out.
     """
-    from rewarddance.data.shapes import build_split
+    from rewarddance.shapes import build_split
 
     _check_counts(samples=samples, shard_size=shard_size, canvas=canvas)
     with atomic_output(out, folder=True) as tmp:
@@ -93,8 +93,8 @@ def generated(
         seed: Seed of the sampling noise and the pairing.
         shard_size: Samples per shard.
     """
-    from rewarddance.data.shapes import TAGS
-    from rewarddance.data.shapes.generated import build_generated_pairs
+    from rewarddance.shapes import TAGS
+    from rewarddance.shapes.generated import build_generated_pairs
 
     _check_counts(per_tag=per_tag, samples_per_prompt=samples_per_prompt, rounds=rounds, max_pairs=max_pairs,
                   size=size, shard_size=shard_size)  # fmt: skip

@@ -26,7 +26,7 @@ the checkpoint must hold no parameter the task lacks) and the task writes its ow
 
 - reward tasks (:meth:`~rewarddance.tasks.reward.RewardTask.export_to`): a Hugging Face model
   folder with ``rewarddance_reward.json`` that :meth:`RewardModel.from_pretrained
-  <rewarddance.reward_model.RewardModel.from_pretrained>` and ``score`` load, LoRA adapters merged
+  <rewarddance.judge.reward_model.RewardModel.from_pretrained>` and ``score`` load, LoRA adapters merged
   in; with LoRA the adapter alone is also written to ``<out>/lora`` (PEFT's ``save_pretrained``:
   ``PeftModel.from_pretrained(base, "<out>/lora")`` applies it to the base model);
 - :class:`~rewarddance.tasks.generator_rl.GeneratorRLTask` (``export``): a diffusers folder, LoRA

@@ -154,8 +154,8 @@ def evaluate(
         limit: At most this many prompts.
         out: Also write the report to this JSON file.
     """
-    from rewarddance.data.shapes.geneval import format_report, geneval_report
     from rewarddance.models.pixels import to_pil_images
+    from rewarddance.shapes.geneval import format_report, geneval_report
 
     settings = _settings(mode, n, steps, guidance_scale, size, seed, branch_steps, num_branches, renoise_steps)
     _check(settings, samples_per_prompt, "--samples_per_prompt", reward, limit)

@@ -151,7 +151,7 @@ def score(
         (one :func:`~rewarddance.metrics.benchmark_accuracy` dict per source, or one for a named
         convention; empty without labelled pairs), "lines" (the accuracy lines printed)}.
     """
-    from rewarddance.reward_model import RewardModel
+    from rewarddance.judge.reward_model import RewardModel
 
     # Every argument is checked before the model loads, so a mistake costs no loading time.
     if batch_size < 1:

@@ -2,17 +2,17 @@
 
 RL needs no images from the data, only prompts: a batch is a list of ``{"prompt": str, "metadata": dict}``, where
 ``metadata`` is the prompt's GenEval-format description (``{"tag", "include", "exclude"?, "prompt"}``, see
-:mod:`rewarddance.data.shapes.prompts`). It travels with the prompt so that the pixel oracle, and any reward that
+:mod:`rewarddance.shapes.prompts`). It travels with the prompt so that the pixel oracle, and any reward that
 reads it (the toy ``shapes-color`` reward), can judge the samples.
 
 Prompt sources (one string, the same forms for training and evaluation):
 
-- a GenEval-format JSONL file (the name must end in ``.jsonl``; :func:`~rewarddance.data.shapes.write_geneval_jsonl` writes one);
+- a GenEval-format JSONL file (the name must end in ``.jsonl``; :func:`~rewarddance.shapes.write_geneval_jsonl` writes one);
 - rewarddance shards (a folder with ``manifest.json``, shard paths or patterns: anything
   :class:`~rewarddance.data.stream.ShardStream` reads): the prompt of each sample, metadata from
   ``Sample.meta["geneval"]``; images are never decoded;
 - ``shapes:<split>`` (``shapes:train``, ``shapes:test-id``...): a fixed GenEval-style prompt set of the shapes
-  world, generated (:func:`~rewarddance.data.shapes.geneval_prompts`), no file needed;
+  world, generated (:func:`~rewarddance.shapes.geneval_prompts`), no file needed;
 - ``shapes-video:<split>``: the same for the motion prompts of shapes videos.
 
 Training prompts from shards stream (shuffled per epoch, equal batch counts on every rank, see
@@ -36,11 +36,11 @@ from torch.utils.data import DataLoader
 from rewarddance.data.datamodule import train_epoch, train_progress
 from rewarddance.data.jsonl import read_jsonl
 from rewarddance.data.schema import Sample
-from rewarddance.data.shapes.prompts import TAGS, geneval_prompts
-from rewarddance.data.shapes.splits import SPLIT_IDS
-from rewarddance.data.shapes.video import VIDEO_TAGS, sample_video_prompt
 from rewarddance.data.stream import STATE_FORMAT, ResumeError, ShardStream, StreamLoader, resolve_shards
 from rewarddance.errors import BadFileError, UsageError
+from rewarddance.shapes.prompts import TAGS, geneval_prompts
+from rewarddance.shapes.splits import SPLIT_IDS
+from rewarddance.shapes.video import VIDEO_TAGS, sample_video_prompt
 
 __all__ = ["PromptDataModule", "PromptItem", "PromptLoader", "is_generated_source", "load_prompts", "prompt_item"]
 

@@ -13,6 +13,7 @@ Importing this package registers the image-only processors with ``AutoProcessor`
 folders saved by rewarddance need to load back as processors.
 """
 
+from rewarddance.judge.readout import last_token_logits, yes_no_log_probs, yes_probability
 from rewarddance.models.backbones import (
     BACKBONES,
     TINY_PRESETS,
@@ -23,7 +24,7 @@ from rewarddance.models.backbones import (
     register_backbone,
 )
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, encode, prompt_to_messages, sample_frames
-from rewarddance.models.peft_utils import (
+from rewarddance.models.lora import (
     LANGUAGE_MODEL_LORA_REGEX,
     LoraSettings,
     freeze_parameters,
@@ -32,7 +33,6 @@ from rewarddance.models.peft_utils import (
     trainable_parameter_count,
 )
 from rewarddance.models.processors import IMAGE_ONLY_PROCESSORS, ensure_processor
-from rewarddance.models.scoring import last_token_logits, yes_no_log_probs, yes_probability
 from rewarddance.models.tokenizer import single_token_id, train_tiny_tokenizer
 
 __all__ = [

@@ -50,6 +50,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
+from rewarddance.judge.readout import Normalization, last_token_logits, yes_no_log_probs
 from rewarddance.models.inputs import Message, Visual, encode
 from rewarddance.models.processors import (
     InternVLImageOnlyProcessor,
@@ -58,7 +59,6 @@ from rewarddance.models.processors import (
     Qwen3VLImageOnlyProcessor,
     ensure_processor,
 )
-from rewarddance.models.scoring import Normalization, last_token_logits, yes_no_log_probs
 from rewarddance.models.tokenizer import single_token_id, train_tiny_tokenizer
 
 TINY_PREFIX = "tiny-"
@@ -612,7 +612,7 @@ class Backbone:
         return encode(self.processor, samples, visuals, answers=answers, max_length=max_length)
 
     def yes_no_log_probs(self, inputs: Mapping[str, Any], normalization: Normalization = "yes_no") -> torch.Tensor:
-        """``[batch, 2]`` log P(yes), log P(no) at the last position (see ``rewarddance.models.scoring``)."""
+        """``[batch, 2]`` log P(yes), log P(no) at the last position (see ``rewarddance.judge.readout``)."""
         logits = last_token_logits(self.model, inputs)
         return yes_no_log_probs(logits, self.yes_token_id, self.no_token_id, normalization)
 

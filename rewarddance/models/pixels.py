@@ -59,11 +59,11 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
+from rewarddance.judge.readout import Normalization, last_token_logits, yes_no_log_probs
 from rewarddance.models.backbones import Backbone
-from rewarddance.models.scoring import Normalization, last_token_logits, yes_no_log_probs
 
 if TYPE_CHECKING:
-    from rewarddance.reward_model import RewardModel
+    from rewarddance.judge.reward_model import RewardModel
 
 __all__ = [
     "differentiable_rewards",
@@ -619,7 +619,7 @@ def differentiable_rewards(
     ``model.backbone.model.requires_grad_(False)`` once (it saves their gradient memory).
 
     Args:
-        model: An exported :class:`~rewarddance.reward_model.RewardModel` (generative, without
+        model: An exported :class:`~rewarddance.judge.reward_model.RewardModel` (generative, without
             reasons-first rationales, or regressive), or a :class:`Backbone`.
         prompts: RewardModel: the generation prompt of each image. Backbone: each sample's full
             prompt string (or conversation) with ``<image>`` placeholders, filled by the reference
@@ -640,9 +640,9 @@ def differentiable_rewards(
         NotImplementedError: For a reasons-first model (its rationale is generated, not differentiable).
         RuntimeError: If the processor's settings could not be reproduced.
     """
-    # Imported here: rewarddance.reward_model imports rewarddance.models, which this module is part of.
-    from rewarddance.prompting import encode_queries
-    from rewarddance.reward_model import RewardModel, last_hidden_state
+    # Imported here: rewarddance.judge.reward_model imports rewarddance.models, which this module is part of.
+    from rewarddance.judge.prompting import encode_queries
+    from rewarddance.judge.reward_model import RewardModel, last_hidden_state
 
     sources: dict[int, tuple[Tensor, int]] = {}
     candidates = _placeholders(images, sources)

@@ -7,9 +7,10 @@
 - :mod:`~rewarddance.rl.grpo`: Flow-GRPO and DDIM-SDE GRPO (SDE sampling with log-probs, group advantages, clipped
   loss, KL).
 - :mod:`~rewarddance.rl.diagnostics`: reward-hacking flag and sample diversity.
-- :mod:`~rewarddance.rl.search`: inference-time search over paths.
+- :mod:`~rewarddance.inference.search`: inference-time search over paths.
 """
 
+from rewarddance.inference.search import PathSearchResult, search_over_paths
 from rewarddance.rl.denoising import ADAPTERS, DenoisingContext, PipelineAdapter, adapter_for
 from rewarddance.rl.diagnostics import HackingCheck, detect_reward_hacking, sample_diversity, trend_slope
 from rewarddance.rl.grpo import (
@@ -38,7 +39,6 @@ from rewarddance.rl.reference import (
 )
 from rewarddance.rl.refl import ReFLState, anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
 from rewarddance.rl.schedules import flow_renoise, predict_x0_ddpm, predict_x0_flow, vp_renoise
-from rewarddance.rl.search import PathSearchResult, search_over_paths
 
 __all__ = [
     "ADAPTERS",

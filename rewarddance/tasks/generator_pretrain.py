@@ -3,7 +3,7 @@
 Real RL fine-tuning starts from a pretrained generator; none can be downloaded where rewarddance is developed,
 so :class:`GeneratorPretrainTask` trains a tiny Stable Diffusion 1.5-architecture pipeline (the registry's
 ``tiny-sd15``: KL VAE, CLIP text encoder, UNet with cross-attention) on prompt-render pairs streamed by
-:class:`~rewarddance.data.shapes.text_image.TextImageDataModule`, in two phases of one run:
+:class:`~rewarddance.shapes.text_image.TextImageDataModule`, in two phases of one run:
 
 1. the VAE alone (L1 + MSE reconstruction, a tiny KL weight) for ``vae_steps`` steps; then its latent scale
    is measured and stored as ``scaling_factor`` (unit-variance latents, as SD's 0.18215 was chosen);
@@ -36,11 +36,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from rewarddance.callbacks import task_callbacks
-from rewarddance.data.shapes.geneval import format_report, geneval_report
-from rewarddance.data.shapes.prompts import geneval_prompts
 from rewarddance.errors import UsageError
 from rewarddance.models.generators import SAMPLING_DEFAULTS, Generator, load_generator, sample
 from rewarddance.models.pixels import to_pil_images
+from rewarddance.shapes.geneval import format_report, geneval_report
+from rewarddance.shapes.prompts import geneval_prompts
 
 DEFAULT_SIZE: dict[str, Any] = {
     "width": 64,

@@ -1,7 +1,7 @@
 """RL fine-tuning of a diffusers generator against a frozen reward: ReFL or Flow-GRPO, as one LightningModule.
 
 :class:`GeneratorRLTask` loads a generator by name (``tiny-sd3``, ``sd3``, a ``save_pretrained`` folder...; see
-:mod:`rewarddance.models.generators`) and a reward (:mod:`rewarddance.rewards`: an exported rewarddance reward
+:mod:`rewarddance.models.generators`) and a reward (:mod:`rewarddance.rl.rewards`: an exported rewarddance reward
 model, pairwise with best-of-N references or pointwise, or any differentiable callable), both in
 :meth:`~GeneratorRLTask.configure_model`, and trains the denoiser (LoRA or full) on prompt batches from
 :class:`~rewarddance.data.prompts.PromptDataModule`. The math is in :mod:`rewarddance.rl`; this module orchestrates:
@@ -47,13 +47,11 @@ from torch import Tensor
 
 from rewarddance.callbacks import check_finite, gradient_norms, task_callbacks
 from rewarddance.data.prompts import PromptItem
-from rewarddance.data.shapes import evaluate, evaluate_parts, evaluate_video, evaluate_video_parts
 from rewarddance.errors import UsageError
 from rewarddance.metrics import RewardVariance
 from rewarddance.models.generators import Generator, load_generator
-from rewarddance.models.peft_utils import LoraSettings
+from rewarddance.models.lora import LoraSettings
 from rewarddance.models.pixels import to_pil_images
-from rewarddance.rewards import Reward, RewardSpec, build_reward
 from rewarddance.rl.denoising import DenoisingContext, PipelineAdapter, adapter_for
 from rewarddance.rl.diagnostics import detect_reward_hacking, sample_diversity
 from rewarddance.rl.grpo import (
@@ -65,6 +63,8 @@ from rewarddance.rl.grpo import (
     transition_kl,
 )
 from rewarddance.rl.refl import anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
+from rewarddance.rl.rewards import Reward, RewardSpec, build_reward
+from rewarddance.shapes import evaluate, evaluate_parts, evaluate_video, evaluate_video_parts
 
 __all__ = [
     "DENOISER_LORA_TARGETS",
@@ -280,7 +280,7 @@ class GeneratorRLTask(L.LightningModule):
         generator_kwargs: Further ``load_generator`` arguments: ``dtype``, ``size``, ``revision``, tiny-size
             fields (``width``, ``num_layers``...).
         reward: What to maximise: a registered name (``shapes-color``, a toy), ``{kind: reward_model, path: <export
-            folder>, best_of_n: 16, top_k: 2, ...}`` (see ``rewarddance.rewards.RewardModelReward``), an import
+            folder>, best_of_n: 16, top_k: 2, ...}`` (see ``rewarddance.rl.rewards.RewardModelReward``), an import
             path of a reward class or function, or (from Python) any callable ``fn(images, prompts, metadata)``.
         algorithm: ``refl`` (one gradient step at a late step, reward backpropagated) or ``grpo`` (Flow-GRPO, or
             DDIM-SDE GRPO for UNets with a DDIM/DDPM scheduler).

@@ -71,7 +71,7 @@ def question_type(question: str) -> str:
     ``position``, ``motion``), or ``other``.
 
     Args:
-        question: A question as written by :func:`rewarddance.data.shapes.scene_questions`.
+        question: A question as written by :func:`rewarddance.shapes.scene_questions`.
 
     Returns:
         The type name.

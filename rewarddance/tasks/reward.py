@@ -3,7 +3,7 @@
 RewardDance (arXiv 2509.08826) reads the reward from the language-model head: a VLM sees an
 instruction with criteria, the prompt and one or two images, and r = P("yes"). These tasks
 train that, on ``rewarddance`` shards (``ShardDataModule``), and export a folder that
-:class:`rewarddance.reward_model.RewardModel` loads for RL.
+:class:`rewarddance.judge.reward_model.RewardModel` loads for RL.
 
 - :class:`GenerativeRewardTask` ``paradigm: pairwise`` (the paper's main RM): "is image 2 better
   than image 1?" with the pair's first image as image 1 (the reference) and the second as image 2
@@ -13,7 +13,7 @@ train that, on ``rewarddance`` shards (``ShardDataModule``), and export a folder
   reference, so training "first vs second" is the paradigm itself. ``Sample.references`` (extra
   correct renders in the shapes data) are not used and not decoded (``needs_references = False``).
 - ``paradigm: pointwise``: one image and a quality/alignment question. Pairs are trained with
-  :func:`rewarddance.losses.pointwise_generative_loss` (Bradley-Terry on the yes-vs-no log-odds
+  :func:`rewarddance.judge.losses.pointwise_generative_loss` (Bradley-Terry on the yes-vs-no log-odds
   + ``ce_weight`` x CE, default 0.1), point samples (``Sample.answer``) with plain yes/no CE.
 - :class:`RegressiveRewardTask`: the paper's baseline, a linear head on the last hidden state at
   the last position, Bradley-Terry loss, same data and metrics (``prob_second = sigmoid(r2 - r1)``).
@@ -48,18 +48,17 @@ from torch import Tensor, nn
 
 from rewarddance.callbacks import task_callbacks
 from rewarddance.data.schema import Clip, Sample, decode_sample
-from rewarddance.data.shapes.prompts import TAGS
-from rewarddance.data.shapes.video import VIDEO_TAGS
 from rewarddance.data.stream import iter_tar_samples, resolve_shards
 from rewarddance.distributed import is_sharded, shard_task, unsharded_copy
 from rewarddance.distributed import last_hidden_state as sharded_last_hidden_state
 from rewarddance.errors import UsageError
-from rewarddance.losses import bradley_terry_loss, pair_label_to_target, pointwise_generative_loss, yes_no_cross_entropy
-from rewarddance.metrics import CalibrationError, CategoryAccuracy, PairwiseAccuracy, PositionBias, order_averaged_prob
-from rewarddance.models import Backbone, LoraSettings, load_backbone, prepare_for_training, sample_frames
-from rewarddance.models.inputs import Visual
-from rewarddance.models.scoring import Normalization, yes_no_log_probs
-from rewarddance.prompting import (
+from rewarddance.judge.losses import (
+    bradley_terry_loss,
+    pair_label_to_target,
+    pointwise_generative_loss,
+    yes_no_cross_entropy,
+)
+from rewarddance.judge.prompting import (
     BadInputError,
     Query,
     QuestionKind,
@@ -69,7 +68,8 @@ from rewarddance.prompting import (
     load_template,
     swap_image_mentions,
 )
-from rewarddance.reward_model import (
+from rewarddance.judge.readout import Normalization, yes_no_log_probs
+from rewarddance.judge.reward_model import (
     EXPORT_CONFIG,
     RewardHead,
     export_reward_model,
@@ -78,6 +78,11 @@ from rewarddance.reward_model import (
     hidden_size,
     last_hidden_state,
 )
+from rewarddance.metrics import CalibrationError, CategoryAccuracy, PairwiseAccuracy, PositionBias, order_averaged_prob
+from rewarddance.models import Backbone, LoraSettings, load_backbone, prepare_for_training, sample_frames
+from rewarddance.models.inputs import Visual
+from rewarddance.shapes.prompts import TAGS
+from rewarddance.shapes.video import VIDEO_TAGS
 from rewarddance.tasks.pretrain import sized_to_budget
 
 Paradigm = Literal["pairwise", "pointwise"]
@@ -105,9 +110,9 @@ DEFAULT_LR = 3e-4
 def answer_cross_entropy(log_probs: Tensor, target: Tensor, normalization: Normalization = "yes_no") -> Tensor:
     r"""Cross-entropy of the judgment token against a soft target ``t = P(yes)``, per row.
 
-    ``log_probs`` are ``[n, 2]`` log P(yes), log P(no) (see ``rewarddance.models.scoring``).
+    ``log_probs`` are ``[n, 2]`` log P(yes), log P(no) (see ``rewarddance.judge.readout``).
 
-    - ``yes_no``: :func:`rewarddance.losses.yes_no_cross_entropy`,
+    - ``yes_no``: :func:`rewarddance.judge.losses.yes_no_cross_entropy`,
       :math:`-[t \log\sigma(d) + (1-t)\log\sigma(-d)]` with :math:`d = z_{yes} - z_{no}`
       (the two-token softmax; log P(yes) - log P(no) = d).
     - ``vocab``: :math:`-[t \log P_V(yes) + (1-t) \log P_V(no)]` over the full vocabulary; for a
@@ -322,7 +327,7 @@ class RewardTask(L.LightningModule):
         lora: LoRA settings (adapters on the language model), or null for full fine-tuning.
         freeze_vision: Freeze the vision encoder.
         gradient_checkpointing: Recompute activations in the backward pass.
-        template: Template name (``default``, ``short``), YAML path, or mapping (see ``rewarddance/templates``).
+        template: Template name (``default``, ``short``), YAML path, or mapping (see ``rewarddance/judge/templates``).
         criteria: Criteria name of the template (or a criteria text) for samples without
             ``Sample.criteria``; null uses the template's ``default_criteria``.
         ties: Tied pairs: ``soft`` trains them with target 0.5; ``exclude`` leaves them out of the
@@ -779,7 +784,7 @@ class RewardTask(L.LightningModule):
     # -- export ----------------------------------------------------------------------------------
 
     def export_config(self) -> dict[str, Any]:
-        """What ``rewarddance_reward.json`` records (see ``rewarddance.reward_model``)."""
+        """What ``rewarddance_reward.json`` records (see ``rewarddance.judge.reward_model``)."""
         backbone = self._backbone()
         return {
             "kind": self.kind,
@@ -1299,7 +1304,7 @@ class RegressiveRewardTask(RewardTask):
 
     @torch.no_grad()
     def score_queries(self, queries: Sequence[Query]) -> Tensor:
-        from rewarddance.reward_model import regressive_rewards
+        from rewarddance.judge.reward_model import regressive_rewards
 
         assert self.head is not None
         was_training = self.training

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewarddance.data.shapes import build_split
+from rewarddance.shapes import build_split
 from tests.processes import run_group
 
 try:  # tests/ is a package here; the fallback keeps the file runnable if it stops being one

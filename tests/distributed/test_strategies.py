@@ -38,9 +38,9 @@ import pytest
 import torch
 
 from rewarddance.data.schema import Sample, decode_sample
-from rewarddance.data.shapes import build_split
 from rewarddance.data.stream import iter_tar_samples, resolve_shards
-from rewarddance.reward_model import RewardModel
+from rewarddance.judge.reward_model import RewardModel
+from rewarddance.shapes import build_split
 from tests.processes import run_group
 
 try:  # tests/ is a package here; the fallback keeps the file runnable if it stops being one

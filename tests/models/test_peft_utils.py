@@ -17,7 +17,7 @@ from rewarddance.models import (
     trainable_parameter_count,
     yes_no_log_probs,
 )
-from rewarddance.models.peft_utils import freeze_parameters, vision_parameter_patterns
+from rewarddance.models.lora import freeze_parameters, vision_parameter_patterns
 
 FAMILIES = sorted(BACKBONES)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-from rewarddance.data.shapes.captions import random_scene
-from rewarddance.data.shapes.pairs import World
+from rewarddance.judge.prompting import Query
+from rewarddance.judge.reward_model import RewardModel
 from rewarddance.models import Backbone, load_backbone
 from rewarddance.models.pixels import differentiable_rewards, pil_resize, pixel_inputs_from_tensor, to_pil_images
-from rewarddance.prompting import Query
-from rewarddance.reward_model import RewardModel
+from rewarddance.shapes.captions import random_scene
+from rewarddance.shapes.pairs import World
 from rewarddance.tasks import GenerativeRewardTask
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl"]

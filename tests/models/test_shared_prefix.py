@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from rewarddance.judge.readout import PrefixNotShared, rewards_with_shared_prefix, yes_probability
 from rewarddance.models import load_backbone
 from rewarddance.models.inputs import encode_images
-from rewarddance.models.scoring import PrefixNotShared, rewards_with_shared_prefix, yes_probability
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl"]
 PROMPT = "Prompt: a red circle. Image 1: <image> Image 2: <image> Is image 2 better than image 1?"

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from rewarddance.inference.search import search_over_paths
 from rewarddance.models.generators import Generator
 from rewarddance.rl.denoising import adapter_for
 from rewarddance.rl.schedules import flow_renoise
-from rewarddance.rl.search import search_over_paths
 from tests.rl.helpers import PROMPTS, SIDE
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rewarddance.cli import main
-from rewarddance.data.shapes.text_image import TextImageDataModule
 from rewarddance.models.generators import load_generator
+from rewarddance.shapes.text_image import TextImageDataModule
 from rewarddance.tasks import GeneratorPretrainTask
 
 ROOT = Path(__file__).parents[2]

@@ -16,16 +16,16 @@ from lightning.pytorch.loggers import CSVLogger
 from rewarddance.callbacks import NonFiniteError
 from rewarddance.cli import main
 from rewarddance.data.prompts import PromptDataModule, load_prompts
-from rewarddance.data.shapes import TAGS, geneval_prompts, write_geneval_jsonl
 from rewarddance.models.generators import load_generator
-from rewarddance.rewards import (
+from rewarddance.rl.denoising import adapter_for
+from rewarddance.rl.rewards import (
     CallableReward,
     RewardModelReward,
     ShapesColorReward,
     ShapesOracleReward,
     build_reward,
 )
-from rewarddance.rl.denoising import adapter_for
+from rewarddance.shapes import TAGS, geneval_prompts, write_geneval_jsonl
 from rewarddance.tasks import GenerativeRewardTask, GeneratorRLTask
 from rewarddance.tasks.generator_pretrain import shapes_scheduler
 from rewarddance.tasks.generator_rl import (
@@ -326,7 +326,7 @@ def test_rewards_build_from_names_mappings_and_callables():
     assert isinstance(build_reward("shapes-color"), ShapesColorReward)
     assert build_reward({"kind": "shapes-color", "sigma": 0.1}).sigma == 0.1  # type: ignore[attr-defined]
     assert isinstance(build_reward(lambda images, prompts: images.mean((1, 2, 3))), CallableReward)
-    imported = build_reward({"kind": "rewarddance.rewards:ShapesColorReward", "coverage": 0.1})
+    imported = build_reward({"kind": "rewarddance.rl.rewards:ShapesColorReward", "coverage": 0.1})
     assert isinstance(imported, ShapesColorReward) and imported.coverage == 0.1
     with pytest.raises(ValueError, match="Unknown reward"):
         build_reward("no-such-reward")
@@ -355,7 +355,7 @@ def test_toy_colour_reward_prefers_the_named_colour_and_has_gradients():
 def test_oracle_reward_is_the_oracles_verdict_and_refl_refuses_it(tmp_path: Path, prompts_jsonl: str):
     import numpy as np
 
-    from rewarddance.data.shapes import evaluate_parts, render, sample_prompt, sample_scene, sample_violating_scene
+    from rewarddance.shapes import evaluate_parts, render, sample_prompt, sample_scene, sample_violating_scene
 
     rng = np.random.default_rng(0)
     metadata = [sample_prompt(tag, rng) for tag in ("counting", "position", "color_attr")]

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rewarddance.callbacks import NonFiniteError, NonFiniteGuard
 from rewarddance.data.datamodule import ShardDataModule
-from rewarddance.data.shapes.text_image import TextImageDataModule
+from rewarddance.shapes.text_image import TextImageDataModule
 from rewarddance.tasks import GenerativeRewardTask, GeneratorPretrainTask, GeneratorRLTask, RegressiveRewardTask
 from rewarddance.tasks.pretrain import CaptionPretrainTask
 from tests.processes import run_group

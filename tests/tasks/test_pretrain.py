@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from rewarddance.cli import main
-from rewarddance.data.shapes import World, build_split, random_scene
 from rewarddance.models import load_backbone
 from rewarddance.models.backbones import LOCAL_BACKBONES
+from rewarddance.shapes import World, build_split, random_scene
 from rewarddance.tasks.pretrain import CAPTION, all_sequences, ask, question_type, sample_sequences
 
 ROOT = Path(__file__).resolve().parents[2]

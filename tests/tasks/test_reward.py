@@ -13,10 +13,10 @@ from PIL import Image
 
 from rewarddance.cli import main
 from rewarddance.data.schema import Sample
-from rewarddance.data.shapes import build_split
-from rewarddance.losses import bradley_terry_loss, pointwise_generative_loss, yes_no_cross_entropy
-from rewarddance.prompting import BadInputError, TemplateError, load_template
-from rewarddance.reward_model import EXPORT_CONFIG, RewardModel
+from rewarddance.judge.losses import bradley_terry_loss, pointwise_generative_loss, yes_no_cross_entropy
+from rewarddance.judge.prompting import BadInputError, TemplateError, load_template
+from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
+from rewarddance.shapes import build_split
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask
 from rewarddance.tasks.reward import answer_cross_entropy, judgment_positions, rationale_token_loss
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import pytest
 
 from rewarddance.data.schema import decode_sample
-from rewarddance.data.shapes import HELDOUT_COLOR_SHAPE, build_caption_split, build_split
+from rewarddance.shapes import HELDOUT_COLOR_SHAPE, build_caption_split, build_split
 
 
 def _samples(folder):

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from rewarddance.cli import main
-from rewarddance.data.shapes import geneval_prompts, judge_image, render, sample_scene, sample_violating_scene
-from rewarddance.data.shapes.generated import GENERATED_SOURCE, pair_generated
 from rewarddance.data.stream import ShardStream
+from rewarddance.shapes import geneval_prompts, judge_image, render, sample_scene, sample_violating_scene
+from rewarddance.shapes.generated import GENERATED_SOURCE, pair_generated
 
 ROOT = Path(__file__).parents[3]
 

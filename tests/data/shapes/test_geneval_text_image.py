@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from rewarddance.data.shapes import evaluate, sample_scene
-from rewarddance.data.shapes.geneval import format_report, geneval_report, geneval_summary
-from rewarddance.data.shapes.prompts import geneval_prompts
-from rewarddance.data.shapes.render import render
-from rewarddance.data.shapes.splits import prompt_has_heldout
-from rewarddance.data.shapes.text_image import TextImageDataModule, TextImageStream
+from rewarddance.shapes import evaluate, sample_scene
+from rewarddance.shapes.geneval import format_report, geneval_report, geneval_summary
+from rewarddance.shapes.prompts import geneval_prompts
+from rewarddance.shapes.render import render
+from rewarddance.shapes.splits import prompt_has_heldout
+from rewarddance.shapes.text_image import TextImageDataModule, TextImageStream
 
 
 def test_geneval_summary_averages_tags_not_samples():

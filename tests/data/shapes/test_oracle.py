@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from rewarddance.data.shapes import (
+from rewarddance.shapes import (
     RenderOptions,
     Scene,
     SceneObject,
@@ -14,8 +14,8 @@ from rewarddance.data.shapes import (
     evaluate_parts,
     render,
 )
-from rewarddance.data.shapes.agreement import measure_agreement
-from rewarddance.data.shapes.prompts import make_metadata
+from rewarddance.shapes.agreement import measure_agreement
+from rewarddance.shapes.prompts import make_metadata
 
 RED_CIRCLE_LEFT_OF_BLUE_SQUARE = make_metadata(
     "position",

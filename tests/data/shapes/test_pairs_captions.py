@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rewarddance.data.schema import encode_sample, validate_sample
-from rewarddance.data.shapes import (
+from rewarddance.shapes import (
     TAGS,
     Scene,
     SceneObject,
@@ -148,8 +148,8 @@ def test_yes_no_questions_are_balanced_in_the_asked_subset():
 
     import numpy as np
 
-    from rewarddance.data.shapes.captions import random_scene, scene_questions
-    from rewarddance.data.shapes.pairs import World
+    from rewarddance.shapes.captions import random_scene, scene_questions
+    from rewarddance.shapes.pairs import World
 
     rng, world, answers = np.random.default_rng(0), World(split="train"), Counter()
     for _ in range(300):

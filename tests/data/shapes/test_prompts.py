@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rewarddance.data.shapes import (
+from rewarddance.shapes import (
     HELDOUT_COLOR_SHAPE,
     SHAPES,
     TAGS,
@@ -17,9 +17,9 @@ from rewarddance.data.shapes import (
     violations_for,
     write_geneval_jsonl,
 )
-from rewarddance.data.shapes.prompts import make_metadata, prompt_text
-from rewarddance.data.shapes.scene import RELATIONS, relation_strengths
-from rewarddance.data.shapes.splits import HELDOUT_RELATIONS, prompt_has_heldout, relation_key
+from rewarddance.shapes.prompts import make_metadata, prompt_text
+from rewarddance.shapes.scene import RELATIONS, relation_strengths
+from rewarddance.shapes.splits import HELDOUT_RELATIONS, prompt_has_heldout, relation_key
 
 
 def test_prompt_texts_follow_geneval():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rewarddance.data.shapes import (
+from rewarddance.shapes import (
     COLORS,
     DEGRADATIONS,
     RenderOptions,
@@ -13,7 +13,7 @@ from rewarddance.data.shapes import (
     render,
     render_clip,
 )
-from rewarddance.data.shapes.scene import boxes_clear, place_objects, relation_strengths, relations
+from rewarddance.shapes.scene import boxes_clear, place_objects, relation_strengths, relations
 
 
 def _scene(style="default", canvas=64):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rewarddance.data.shapes import (
+from rewarddance.shapes import (
     VIDEO_TAGS,
     RenderOptions,
     Scene,
@@ -17,9 +17,9 @@ from rewarddance.data.shapes import (
     track,
     video_judgement,
 )
-from rewarddance.data.shapes.agreement import measure_agreement
-from rewarddance.data.shapes.splits import HELDOUT_COLOR_SHAPE
-from rewarddance.data.shapes.video import make_video_metadata
+from rewarddance.shapes.agreement import measure_agreement
+from rewarddance.shapes.splits import HELDOUT_COLOR_SHAPE
+from rewarddance.shapes.video import make_video_metadata
 
 
 def _clip(*objs, style="default"):

@@ -40,8 +40,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from rewarddance.data.shapes.rules import Judgement, judge
-from rewarddance.data.shapes.scene import COLOR_NAMES, COLORS, Box
+from rewarddance.shapes.rules import Judgement, judge
+from rewarddance.shapes.scene import COLOR_NAMES, COLORS, Box
 
 BACKGROUND_INLIER = 30.0
 FOREGROUND_THRESHOLD = 40.0

@@ -359,7 +359,7 @@ class Architecture:
         vision_matmul_params: Weights of all linear layers inside vision layers.
         lm_head_params: Weights the LM head multiplies with (the embedding table when tied).
         lora_fan: Sum of ``in + out`` features over the projections LoRA adapts by default
-            (rewarddance.models.peft_utils.LANGUAGE_MODEL_LORA_REGEX); LoRA rank r adds r * lora_fan.
+            (rewarddance.models.lora.LANGUAGE_MODEL_LORA_REGEX); LoRA rank r adds r * lora_fan.
         default_image_size: Image side used when none is given (a tiny model's own size, else 448).
     """
 
@@ -578,7 +578,7 @@ def _text_arch(config: Any, model: nn.Module, model_type: str) -> TextArch:
 def _count(model: nn.Module, family: Any) -> dict[str, int]:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    from rewarddance.models.peft_utils import LANGUAGE_MODEL_LORA_REGEX
+    from rewarddance.models.lora import LANGUAGE_MODEL_LORA_REGEX
 
     vision_re = [re.compile(p) for p in family.vision_patterns]
     projector_re = [re.compile(p) for p in family.projector_patterns]
@@ -1328,7 +1328,7 @@ def measure_training_peak(
     from PIL import Image
 
     from rewarddance.models.backbones import load_backbone
-    from rewarddance.models.peft_utils import LoraSettings, prepare_for_training
+    from rewarddance.models.lora import LoraSettings, prepare_for_training
 
     bb = load_backbone(backbone, size=size, attn_implementation=attention, seed=seed, **tiny_overrides)
     lora = LoraSettings(r=lora_rank) if lora_rank is not None else None

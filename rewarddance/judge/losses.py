@@ -1,5 +1,5 @@
 """The reward-model losses of RewardDance, as plain functions (the reward read-out, P("yes"),
-is :mod:`rewarddance.models.scoring`).
+is :mod:`rewarddance.judge.readout`).
 
 Notation: ``yes_logit`` and ``no_logit`` are the language-model logits of the "yes" and "no"
 tokens at the answer position. Everything here is elementwise over a batch.

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from rewarddance.data.schema import Sample
-from rewarddance.data.shapes.oracle import judge_image
-from rewarddance.data.shapes.pairs import SOURCE
-from rewarddance.data.shapes.prompts import TAGS, geneval_prompts
 from rewarddance.data.writer import SampleWriter
+from rewarddance.shapes.oracle import judge_image
+from rewarddance.shapes.pairs import SOURCE
+from rewarddance.shapes.prompts import TAGS, geneval_prompts
 
 GENERATED_SOURCE = f"{SOURCE}-generated"
 """``Sample.source`` of generated pairs (rendered pairs carry ``shapes``)."""

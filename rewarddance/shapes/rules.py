@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rewarddance.data.shapes.scene import STILL, Box, relation_strengths, relations
+from rewarddance.shapes.scene import STILL, Box, relation_strengths, relations
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 PARTS: tuple[str, ...] = ("colors", "count", "shape", "position")

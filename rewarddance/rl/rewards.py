@@ -36,9 +36,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from rewarddance.data.shapes.scene import COLOR_NAMES, COLORS
 from rewarddance.errors import UsageError
 from rewarddance.rl.reference import ReferenceCache, ReferenceSelection
+from rewarddance.shapes.scene import COLOR_NAMES, COLORS
 
 __all__ = [
     "REWARDS",
@@ -286,7 +286,7 @@ class ShapesOracleReward(Reward):
         self.score = score
 
     def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> Tensor:
-        from rewarddance.data.shapes.oracle import evaluate_parts  # numpy/scipy detection, loaded on use
+        from rewarddance.shapes.oracle import evaluate_parts  # numpy/scipy detection, loaded on use
 
         if images.ndim != 4:
             raise ValueError(f"shapes-oracle judges images [B, 3, H, W], got shape {tuple(images.shape)}")
@@ -355,7 +355,7 @@ class RewardModelReward(Reward):
         self.both_orders, self.soft, self.judge_batch_size = both_orders, soft, judge_batch_size
         self.quantize, self.seed = quantize, seed
         self.cache = ReferenceCache(max_prompts=cache_size)
-        self.model: Any = None  # rewarddance.reward_model.RewardModel once set up
+        self.model: Any = None  # rewarddance.judge.reward_model.RewardModel once set up
         self.sampler: CandidateSampler | None = None
 
     def setup(self, sampler: CandidateSampler | None = None) -> None:
@@ -366,7 +366,7 @@ class RewardModelReward(Reward):
             ValueError: A pairwise model without a sampler.
         """
         if self.model is None:
-            from rewarddance.reward_model import EXPORT_CONFIG, RewardModel
+            from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
 
             folder = Path(self.path)
             if not (folder / EXPORT_CONFIG).is_file():

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from rewarddance.data.shapes.oracle import judge_image
+from rewarddance.shapes.oracle import judge_image
 
 PARTS: tuple[str, ...] = ("colors", "count", "shape", "position", "mean")
 """Per-part oracle scores reported next to the all-or-nothing verdict (see ``evaluate_parts``)."""

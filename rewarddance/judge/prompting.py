@@ -1,4 +1,4 @@
-"""Reward-model prompts as data: templates (``rewarddance/templates/*.yaml``) -> model inputs.
+"""Reward-model prompts as data: templates (``rewarddance/judge/templates/*.yaml``) -> model inputs.
 
 A :class:`Template` holds every piece of text a reward model reads: the instruction, the
 pairwise question ("Is image 2 better than image 1?", the paper's main paradigm), the pointwise
@@ -16,7 +16,7 @@ batch through :meth:`Backbone.encode` (left padding, the family's chat template)
 sequence under the model's length limit by truncating the *prompt text*, never image tokens.
 
 The same functions serve training (``rewarddance.tasks.reward``) and scoring
-(``rewarddance.reward_model``), so an exported model reads exactly what it was trained on.
+(``rewarddance.judge.reward_model``), so an exported model reads exactly what it was trained on.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _fields(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Template:
-    """The text of a reward model, loaded from YAML (see ``rewarddance/templates/default.yaml``).
+    """The text of a reward model, loaded from YAML (see ``rewarddance/judge/templates/default.yaml``).
 
     Attributes:
         name: Template name (recorded in exports).

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rewarddance.data.shapes.rules import (
+from rewarddance.shapes.rules import (
     Judgement,
     describe,
     judge,
@@ -41,7 +41,7 @@ from rewarddance.data.shapes.rules import (
     plural,
     with_article,
 )
-from rewarddance.data.shapes.scene import (
+from rewarddance.shapes.scene import (
     COLOR_NAMES,
     OPPOSITE,
     RELATION_MARGIN,
@@ -55,7 +55,7 @@ from rewarddance.data.shapes.scene import (
     relation_strengths,
     style_angle,
 )
-from rewarddance.data.shapes.splits import (
+from rewarddance.shapes.splits import (
     allowed_colors,
     color_allowed,
     heldout_colors,
@@ -442,10 +442,10 @@ def geneval_prompts(
 
     Some tags have few distinct prompts (single_object has three), so a tag may get fewer.
     Used to evaluate generators GenEval-style: generate images per prompt, judge them with
-    :func:`~rewarddance.data.shapes.oracle.evaluate`, report the fraction correct per tag and
+    :func:`~rewarddance.shapes.oracle.evaluate`, report the fraction correct per tag and
     the mean over tags.
     """
-    from rewarddance.data.shapes.splits import SPLIT_IDS
+    from rewarddance.shapes.splits import SPLIT_IDS
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], 7919]))
     out: list[dict[str, Any]] = []

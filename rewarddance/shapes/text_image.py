@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rewarddance.data.shapes.prompts import TAGS, sample_prompt, sample_scene
-from rewarddance.data.shapes.render import RenderOptions, render
-from rewarddance.data.shapes.splits import SPLIT_IDS
+from rewarddance.shapes.prompts import TAGS, sample_prompt, sample_scene
+from rewarddance.shapes.render import RenderOptions, render
+from rewarddance.shapes.splits import SPLIT_IDS
 
 TextImage = dict[str, Any]
 """``{"prompt": str, "image": uint8 tensor [3, H, W], "metadata": GenEval metadata}``."""

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFilter
 
-from rewarddance.data.shapes.scene import COLORS, Scene, SceneObject
+from rewarddance.shapes.scene import COLORS, Scene, SceneObject
 
 Degradation = Literal["blur", "noise", "blocks", "stripes"]
 DEGRADATIONS: tuple[str, ...] = ("blur", "noise", "blocks", "stripes")

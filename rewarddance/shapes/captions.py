@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from rewarddance.data.schema import Sample
-from rewarddance.data.shapes.pairs import SOURCE, World
-from rewarddance.data.shapes.rules import describe, motion_phrase, number_word, plural, with_article
-from rewarddance.data.shapes.scene import (
+from rewarddance.shapes.pairs import SOURCE, World
+from rewarddance.shapes.rules import describe, motion_phrase, number_word, plural, with_article
+from rewarddance.shapes.scene import (
     DIRECTIONS,
     RELATION_MARGIN,
     RELATIONS,
@@ -34,8 +34,8 @@ from rewarddance.data.shapes.scene import (
     relation_strengths,
     style_angle,
 )
-from rewarddance.data.shapes.splits import allowed_colors, color_allowed, heldout_colors, is_ood, relation_allowed
-from rewarddance.data.shapes.video import velocity
+from rewarddance.shapes.splits import allowed_colors, color_allowed, heldout_colors, is_ood, relation_allowed
+from rewarddance.shapes.video import velocity
 
 _ROWS = ("top", "middle", "bottom")
 _COLS = ("left", "center", "right")

@@ -25,10 +25,10 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from rewarddance.data.shapes.oracle import Detection, detect
-from rewarddance.data.shapes.prompts import draw_violation, violate_with_retries
-from rewarddance.data.shapes.rules import Judgement, describe, judge, with_article
-from rewarddance.data.shapes.scene import (
+from rewarddance.shapes.oracle import Detection, detect
+from rewarddance.shapes.prompts import draw_violation, violate_with_retries
+from rewarddance.shapes.rules import Judgement, describe, judge, with_article
+from rewarddance.shapes.scene import (
     COLOR_NAMES,
     DIRECTIONS,
     SHAPES,
@@ -42,7 +42,7 @@ from rewarddance.data.shapes.scene import (
     place_objects,
     style_angle,
 )
-from rewarddance.data.shapes.splits import (
+from rewarddance.shapes.splits import (
     HELDOUT_COLOR_SHAPE,
     allowed_colors,
     color_allowed,

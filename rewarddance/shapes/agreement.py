@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from rewarddance.data.shapes.pairs import World
-from rewarddance.data.shapes.render import RenderOptions
-from rewarddance.data.shapes.scene import STYLES
+from rewarddance.shapes.pairs import World
+from rewarddance.shapes.render import RenderOptions
+from rewarddance.shapes.scene import STYLES
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from rewarddance.data.shapes.scene import AXIS, COLOR_NAMES, Style
+from rewarddance.shapes.scene import AXIS, COLOR_NAMES, Style
 
 Split = Literal["train", "val", "test-id", "test-ood"]
 SPLITS: tuple[str, ...] = ("train", "val", "test-id", "test-ood")

@@ -2,7 +2,7 @@
 
 This is what RL code calls::
 
-    from rewarddance.reward_model import RewardModel
+    from rewarddance.judge.reward_model import RewardModel
 
     rm = RewardModel.from_pretrained("runs/shapes_pairwise/version_0/export")
     rewards = rm.score(prompts, candidates, references=best_of_n)   # pairwise: P(candidate better)
@@ -14,7 +14,7 @@ an ordinary Hugging Face folder (``config.json``, weights, processor files) plus
 template (name and full text), normalisation, rationale format, answer words and backbone.
 :meth:`RewardModel.from_pretrained` loads the folder with :func:`rewarddance.models.load_backbone`,
 the very code path used for a hub checkpoint, and renders inputs with the same
-:mod:`rewarddance.prompting` functions the task trained with, so scores equal the task's own.
+:mod:`rewarddance.judge.prompting` functions the task trained with, so scores equal the task's own.
 
 Scores are computed without gradients (images arrive as PIL images). Videos are lists of frames;
 they are subsampled to the ``num_frames`` the model was trained with.
@@ -34,11 +34,7 @@ from torch import Tensor, nn
 from transformers import BatchFeature
 
 from rewarddance.errors import BadFileError
-from rewarddance.models import Backbone, load_backbone, sample_frames
-from rewarddance.models.inputs import encode_images
-from rewarddance.models.peft_utils import unwrap_peft
-from rewarddance.models.scoring import Normalization, PrefixNotShared, rewards_with_shared_prefix
-from rewarddance.prompting import (
+from rewarddance.judge.prompting import (
     EncodeReport,
     Query,
     RationaleFormat,
@@ -47,6 +43,10 @@ from rewarddance.prompting import (
     encode_queries,
     ordered_visuals,
 )
+from rewarddance.judge.readout import Normalization, PrefixNotShared, rewards_with_shared_prefix
+from rewarddance.models import Backbone, load_backbone, sample_frames
+from rewarddance.models.inputs import encode_images
+from rewarddance.models.lora import unwrap_peft
 
 EXPORT_CONFIG = "rewarddance_reward.json"
 """Name of the file that makes a Hugging Face folder a rewarddance reward model."""
@@ -389,7 +389,7 @@ class RewardModel:
         if not path.is_file():
             raise FileNotFoundError(
                 f"{folder} has no {EXPORT_CONFIG}: not a rewarddance reward model export "
-                "(written by the reward tasks when fit ends, or by rewarddance.reward_model.export_reward_model)."
+                "(written by the reward tasks when fit ends, or by rewarddance.judge.reward_model.export_reward_model)."
             )
         try:
             config = json.loads(path.read_text())
@@ -477,7 +477,7 @@ class RewardModel:
         question is rendered and processed once, with the first candidate; the other candidates
         only have their images processed; the model runs the shared prefix once and the N
         candidates' suffixes as one batch on its key/value cache
-        (:func:`rewarddance.models.scoring.rewards_with_shared_prefix`). The rewards equal
+        (:func:`rewarddance.judge.readout.rewards_with_shared_prefix`). The rewards equal
         :meth:`score` on the same inputs to float tolerance. Falls back to :meth:`score` where the
         prefix cannot be shared: reasons-first models generate a rationale per candidate;
         candidates of different sizes encode to different lengths; a template that shows the

@@ -18,11 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from rewarddance.data.schema import Sample
-from rewarddance.data.shapes.captions import make_caption
-from rewarddance.data.shapes.pairs import World, make_pair, make_point
-from rewarddance.data.shapes.render import RenderOptions
-from rewarddance.data.shapes.splits import SPLIT_IDS, SPLITS, Split
 from rewarddance.data.writer import SampleWriter
+from rewarddance.shapes.captions import make_caption
+from rewarddance.shapes.pairs import World, make_pair, make_point
+from rewarddance.shapes.render import RenderOptions
+from rewarddance.shapes.splits import SPLIT_IDS, SPLITS, Split
 
 Kind = Literal["pair", "point", "caption"]
 StyleChoice = Literal["auto", "default", "alt"]
@@ -106,7 +106,7 @@ def build_split(
     )
     info = {
         "source": "shapes",
-        "generator": "rewarddance.data.shapes.build_split",
+        "generator": "rewarddance.shapes.build_split",
         "split": split,
         "seed": seed,
         "video": video,

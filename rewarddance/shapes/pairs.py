@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 
 from rewarddance.data.schema import Clip, Sample
-from rewarddance.data.shapes import prompts
-from rewarddance.data.shapes import video as vid
-from rewarddance.data.shapes.oracle import judge_image
-from rewarddance.data.shapes.render import DEGRADATIONS, RenderOptions, degrade, render_clip
-from rewarddance.data.shapes.rules import Judgement
-from rewarddance.data.shapes.scene import Scene, Style
-from rewarddance.data.shapes.splits import style_for
+from rewarddance.shapes import prompts
+from rewarddance.shapes import video as vid
+from rewarddance.shapes.oracle import judge_image
+from rewarddance.shapes.render import DEGRADATIONS, RenderOptions, degrade, render_clip
+from rewarddance.shapes.rules import Judgement
+from rewarddance.shapes.scene import Scene, Style
+from rewarddance.shapes.splits import style_for
 
 DEGRADATION_TEXT = {
     "blur": "is blurry",

@@ -14,11 +14,11 @@ degradations), :mod:`.prompts` (GenEval-style prompts, satisfying and violating 
 :mod:`.build` (shards).
 """
 
-from rewarddance.data.shapes.build import build_caption_split, build_split, sample_rng
-from rewarddance.data.shapes.captions import caption_text, make_caption, random_scene, scene_questions
-from rewarddance.data.shapes.oracle import Detection, detect, evaluate, evaluate_parts, judge_image
-from rewarddance.data.shapes.pairs import World, make_pair, make_point
-from rewarddance.data.shapes.prompts import (
+from rewarddance.shapes.build import build_caption_split, build_split, sample_rng
+from rewarddance.shapes.captions import caption_text, make_caption, random_scene, scene_questions
+from rewarddance.shapes.oracle import Detection, detect, evaluate, evaluate_parts, judge_image
+from rewarddance.shapes.pairs import World, make_pair, make_point
+from rewarddance.shapes.prompts import (
     TAGS,
     VIOLATIONS,
     geneval_prompts,
@@ -33,9 +33,9 @@ from rewarddance.data.shapes.prompts import (
     violations_for,
     write_geneval_jsonl,
 )
-from rewarddance.data.shapes.render import DEGRADATIONS, RenderOptions, degrade, render, render_clip
-from rewarddance.data.shapes.rules import Judgement, judge
-from rewarddance.data.shapes.scene import (
+from rewarddance.shapes.render import DEGRADATIONS, RenderOptions, degrade, render, render_clip
+from rewarddance.shapes.rules import Judgement, judge
+from rewarddance.shapes.scene import (
     COLOR_NAMES,
     COLORS,
     DIRECTIONS,
@@ -46,8 +46,8 @@ from rewarddance.data.shapes.scene import (
     SceneObject,
     relations,
 )
-from rewarddance.data.shapes.splits import HELDOUT_COLOR_SHAPE, HELDOUT_RELATIONS, SPLITS
-from rewarddance.data.shapes.video import (
+from rewarddance.shapes.splits import HELDOUT_COLOR_SHAPE, HELDOUT_RELATIONS, SPLITS
+from rewarddance.shapes.video import (
     VIDEO_TAGS,
     VIDEO_VIOLATIONS,
     Track,

@@ -1,12 +1,12 @@
 """Inference-time scaling: plain sampling, best-of-N by a verifier, and search over denoising paths.
 
 RewardDance scales inference by spending more denoiser evaluations and letting the reward model pick: best-of-N
-draws N samples and keeps the best; search over paths (:mod:`rewarddance.rl.search`) re-noises and re-samples
+draws N samples and keeps the best; search over paths (:mod:`rewarddance.inference.search`) re-noises and re-samples
 the most promising trajectories at chosen steps. :func:`generate` runs any of the three for one prompt and
 reports the compute spent (denoiser evaluations, ``nfe``), so quality can be plotted against compute.
 
 The :class:`Verifier` scores a prompt's candidates, higher is better. A pointwise or regressive reward model, or
-any :mod:`rewarddance.rewards` reward, scores each candidate alone. A pairwise reward model (the paper's main
+any :mod:`rewarddance.rl.rewards` reward, scores each candidate alone. A pairwise reward model (the paper's main
 one) needs a reference: here the candidates are their own references, in a round robin. Each candidate serves
 once as image 1 for all the others (one shared-prefix call, :meth:`RewardModel.score_candidates`), so every pair
 is judged in both orders, and a candidate's score is its mean win probability (soft win count) against the rest.
@@ -22,10 +22,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rewarddance.inference.search import search_over_paths
 from rewarddance.models.generators import Generator
 from rewarddance.models.pixels import to_pil_images
 from rewarddance.rl.denoising import DenoisingContext, adapter_for
-from rewarddance.rl.search import search_over_paths
 
 Mode = Literal["plain", "best_of_n", "search"]
 MODES: tuple[str, ...] = ("plain", "best_of_n", "search")
@@ -35,14 +35,14 @@ class Verifier:
     """Scores one prompt's candidate images (``[N, 3, H, W]`` in [0, 1]) -> ``[N]``, higher is better.
 
     Args:
-        reward: A reward-model export folder, or a reward spec of :func:`rewarddance.rewards.build_reward` (a
+        reward: A reward-model export folder, or a reward spec of :func:`rewarddance.rl.rewards.build_reward` (a
             registered name such as ``shapes-color``, a mapping with ``kind``, or a callable).
         criteria: Reward models: the criteria to ask with (default: the exported one).
     """
 
     def __init__(self, reward: str | Mapping[str, Any] | Any, *, criteria: str | None = None) -> None:
-        from rewarddance.reward_model import EXPORT_CONFIG, RewardModel
-        from rewarddance.rewards import build_reward
+        from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
+        from rewarddance.rl.rewards import build_reward
 
         self.model: RewardModel | None = None
         self.reward: Any = None
@@ -140,7 +140,7 @@ def generate(
         prompt: The prompt.
         metadata: GenEval metadata of the prompt (for metadata-aware rewards).
         mode: ``plain``, ``best_of_n`` (draw ``n``, keep the best ``num_images``) or ``search``
-            (:func:`rewarddance.rl.search.search_over_paths` with ``n`` paths).
+            (:func:`rewarddance.inference.search.search_over_paths` with ``n`` paths).
         num_images: Images returned.
         n: Best-of-N candidates, or search paths.
         verifier: Required for ``best_of_n`` and ``search``.
