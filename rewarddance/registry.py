@@ -44,7 +44,9 @@ def load_plugins() -> list[str]:
             try:
                 entry.load()()
             except Exception as error:
-                raise UsageError(f"rewarddance plug-in {entry.name!r} ({entry.value}) failed to load: {error}") from error
+                raise UsageError(
+                    f"rewarddance plug-in {entry.name!r} ({entry.value}) failed to load: {error}"
+                ) from error
             _loaded_plugins.append(entry.name)
     return list(_loaded_plugins)
 

@@ -45,6 +45,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+import rewarddance.judge  # noqa: F401 - registers the reward_model reward
 from rewarddance.callbacks import check_finite, gradient_norms, task_callbacks
 from rewarddance.data.prompts import PromptItem
 from rewarddance.errors import UsageError
@@ -280,7 +281,7 @@ class GeneratorRLTask(L.LightningModule):
         generator_kwargs: Further ``load_generator`` arguments: ``dtype``, ``size``, ``revision``, tiny-size
             fields (``width``, ``num_layers``...).
         reward: What to maximise: a registered name (``shapes-color``, a toy), ``{kind: reward_model, path: <export
-            folder>, best_of_n: 16, top_k: 2, ...}`` (see ``rewarddance.rl.rewards.RewardModelReward``), an import
+            folder>, best_of_n: 16, top_k: 2, ...}`` (see ``rewarddance.judge.reward.RewardModelReward``), an import
             path of a reward class or function, or (from Python) any callable ``fn(images, prompts, metadata)``.
         algorithm: ``refl`` (one gradient step at a late step, reward backpropagated) or ``grpo`` (Flow-GRPO, or
             DDIM-SDE GRPO for UNets with a DDIM/DDPM scheduler).

@@ -16,16 +16,12 @@ from lightning.pytorch.loggers import CSVLogger
 from rewarddance.callbacks import NonFiniteError
 from rewarddance.cli import main
 from rewarddance.data.prompts import PromptDataModule, load_prompts
+from rewarddance.judge.reward import RewardModelReward
 from rewarddance.models.generators import load_generator
 from rewarddance.rl.denoising import adapter_for
-from rewarddance.rl.rewards import (
-    CallableReward,
-    RewardModelReward,
-    ShapesColorReward,
-    ShapesOracleReward,
-    build_reward,
-)
+from rewarddance.rl.rewards import CallableReward, build_reward
 from rewarddance.shapes import TAGS, geneval_prompts, write_geneval_jsonl
+from rewarddance.shapes.rewards import ShapesColorReward, ShapesOracleReward
 from rewarddance.tasks import GenerativeRewardTask, GeneratorRLTask
 from rewarddance.tasks.generator_pretrain import shapes_scheduler
 from rewarddance.tasks.generator_rl import (
@@ -326,7 +322,7 @@ def test_rewards_build_from_names_mappings_and_callables():
     assert isinstance(build_reward("shapes-color"), ShapesColorReward)
     assert build_reward({"kind": "shapes-color", "sigma": 0.1}).sigma == 0.1  # type: ignore[attr-defined]
     assert isinstance(build_reward(lambda images, prompts: images.mean((1, 2, 3))), CallableReward)
-    imported = build_reward({"kind": "rewarddance.rl.rewards:ShapesColorReward", "coverage": 0.1})
+    imported = build_reward({"kind": "rewarddance.shapes.rewards:ShapesColorReward", "coverage": 0.1})
     assert isinstance(imported, ShapesColorReward) and imported.coverage == 0.1
     with pytest.raises(ValueError, match="Unknown reward"):
         build_reward("no-such-reward")

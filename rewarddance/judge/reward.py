@@ -1,0 +1,177 @@
+"""A trained reward model as an RL reward: :class:`RewardModelReward`, registered as ``reward_model``."""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from rewarddance.errors import UsageError
+from rewarddance.rl.reference import ReferenceCache, ReferenceSelection
+from rewarddance.rl.rewards import CandidateSampler, Reward, register_reward
+
+__all__ = ["RewardModelReward"]
+
+
+@register_reward("reward_model")
+class RewardModelReward(Reward):
+    """A trained rewarddance reward model (exported folder), frozen, as a differentiable reward.
+
+    Pointwise and regressive models score each image alone. A pairwise model answers "is image 2 better than
+    image 1?" with the candidate as image 2 and a reference as image 1: for each prompt, ``best_of_n`` samples of
+    the starting generator are judged against each other (every pair, both orders by default), ranked by their
+    win counts, and the ``top_k`` best (``which: bottom``: worst) become its references, cached for the rest of
+    the run (the starting generator does not change, so they never go stale). The reward is the mean
+    P(candidate better) over a prompt's references.
+
+    Args:
+        path: The export folder (``RewardModel.from_pretrained``), e.g. ``runs/shapes_pairwise/version_0/export``.
+        criteria: Criteria name or text to ask with; null: the one the model was exported with.
+        dtype: Parameter dtype of the frozen model (``bfloat16`` on GPUs); null keeps the saved one.
+        best_of_n: Pairwise: starting-model samples per prompt the references are chosen from (paper: 16).
+        top_k: Pairwise: references per prompt (paper: 2).
+        which: Pairwise: ``top`` (the paper's choice) or ``bottom`` (its ablation) by win count.
+        both_orders: Pairwise: judge each pair of samples in both orders while ranking (cancels position bias).
+        soft: Pairwise: rank by summed win probabilities instead of win counts.
+        judge_batch_size: Pairs per reward-model call while ranking (null: all of a prompt's at once).
+        cache_size: Prompts whose references are kept (least recently used dropped first); null: all.
+        quantize: Reproduce the processor's uint8 roundings in the forward pass (straight-through gradients).
+        seed: Seed of the reference samples (each prompt's samples derive from it and the prompt text).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        criteria: str | None = None,
+        dtype: str | None = None,
+        best_of_n: int = 16,
+        top_k: int = 2,
+        which: Literal["top", "bottom"] = "top",
+        both_orders: bool = True,
+        soft: bool = False,
+        judge_batch_size: int | None = None,
+        cache_size: int | None = None,
+        quantize: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not 2 <= best_of_n <= 64:
+            raise UsageError(
+                f"reward_model reward: best_of_n must be in [2, 64] (the paper uses up to 16), got {best_of_n}"
+            )
+        if not 1 <= top_k <= best_of_n:
+            raise UsageError(f"reward_model reward: top_k must be in [1, best_of_n={best_of_n}], got {top_k}")
+        self.path, self.criteria, self.dtype = path, criteria, dtype
+        self.best_of_n, self.top_k, self.which = best_of_n, top_k, which
+        self.both_orders, self.soft, self.judge_batch_size = both_orders, soft, judge_batch_size
+        self.quantize, self.seed = quantize, seed
+        self.cache = ReferenceCache(max_prompts=cache_size)
+        self.model: Any = None  # rewarddance.judge.reward_model.RewardModel once set up
+        self.sampler: CandidateSampler | None = None
+
+    def setup(self, sampler: CandidateSampler | None = None) -> None:
+        """Load the model (once), freeze it, and keep the starting-model sampler for references.
+
+        Raises:
+            FileNotFoundError: ``path`` is not an export folder.
+            ValueError: A pairwise model without a sampler.
+        """
+        if self.model is None:
+            from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
+
+            folder = Path(self.path)
+            if not (folder / EXPORT_CONFIG).is_file():
+                raise FileNotFoundError(
+                    f"No reward model at {folder} (no {EXPORT_CONFIG}). Train and export one, e.g. "
+                    "`python -m rewarddance fit --config configs/reward/shapes_pairwise.yaml` (it writes "
+                    "<log dir>/export), and point reward.path there; or use reward: shapes-color (a toy) to try "
+                    "the RL loop."
+                )
+            model = RewardModel.from_pretrained(folder, dtype=self.dtype)
+            # Frozen: ReFL needs gradients through the model to the pixels, never into it.
+            model.backbone.model.requires_grad_(False).eval()
+            if model.head is not None:
+                model.head.requires_grad_(False)
+            self.model = model
+        self.sampler = sampler
+        if self.needs_references and sampler is None:
+            raise ValueError("A pairwise reward model needs a sampler of the starting generator for its references")
+
+    @property
+    def needs_references(self) -> bool:
+        """True for a pairwise generative model."""
+        model = self._model()
+        return model.kind == "generative" and model.paradigm == "pairwise"
+
+    def _model(self) -> Any:
+        if self.model is None:
+            raise RuntimeError("Call setup() before using the reward model")
+        return self.model
+
+    def to(self, device: torch.device | str) -> RewardModelReward:
+        self._model().to(device)
+        return self
+
+    def frozen_modules(self) -> list[nn.Module]:
+        model = self._model()
+        return [model.backbone.model, *([model.head] if model.head is not None else [])]
+
+    def log_values(self) -> dict[str, float]:
+        if self.model is None or not self.needs_references:
+            return {}
+        return {"references/prompts": float(len(self.cache)), "references/hits": float(self.cache.hits)}
+
+    def _differentiable(self, images: Tensor, prompts: Sequence[str], references: Tensor | None = None) -> Tensor:
+        from rewarddance.models.pixels import differentiable_rewards
+
+        return differentiable_rewards(
+            self._model(), list(prompts), images, references, criteria=self.criteria, quantize=self.quantize
+        )
+
+    def judge(self, prompt: str, first: Tensor, second: Tensor) -> Tensor:
+        """P(``second`` better than ``first``) for a batch of pairs of one prompt (no gradient)."""
+        with torch.no_grad():
+            return self._differentiable(second, [prompt] * second.shape[0], references=first).float()
+
+    def reference_seed(self, prompt: str) -> int:
+        """Seed of a prompt's candidate samples: fixed per prompt, so references do not depend on batch order."""
+        return (self.seed * 1_000_003 + zlib.crc32(prompt.encode())) % 2**31
+
+    def references(self, prompt: str) -> ReferenceSelection:
+        """The cached references of ``prompt``, choosing them first on a miss (``best_of_n`` samples, ranked)."""
+        if self.sampler is None:
+            raise RuntimeError("No starting-model sampler: call setup(sampler)")
+        sampler = self.sampler
+        return self.cache.get_or_select(
+            prompt,
+            lambda: sampler(prompt, self.best_of_n, self.reference_seed(prompt)),
+            functools.partial(self.judge, prompt),
+            k=self.top_k,
+            which=self.which,
+            both_orders=self.both_orders,
+            soft=self.soft,
+            batch_size=self.judge_batch_size,
+        )
+
+    def prepare(self, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
+        if self.needs_references:
+            for prompt in prompts:
+                self.references(prompt)
+
+    def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> Tensor:
+        if not self.needs_references:
+            return self._differentiable(images, prompts).float()
+        k = self.top_k
+        references = torch.cat([self.references(p).references for p in prompts]).to(images.device, images.dtype)
+        # Each candidate against each of its prompt's k references, in one batch: [B * k].
+        rewards = self._differentiable(
+            images.repeat_interleave(k, dim=0), [p for p in prompts for _ in range(k)], references=references
+        )
+        return rewards.float().view(len(prompts), k).mean(dim=1)
+
+    def __repr__(self) -> str:
+        return f"RewardModelReward(path={self.path!r}, best_of_n={self.best_of_n}, top_k={self.top_k})"
