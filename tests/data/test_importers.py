@@ -347,7 +347,9 @@ def test_registry_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert sorted(IMPORTERS) == sorted(
         ["pickapic", "hpdv2", "imagereward", "videogen-rewardbench", "genai-bench", "hpdv3"]
     )
-    with pytest.raises(ValueError, match="unknown dataset format 'nope'; known: pickapic"):
+    with pytest.raises(
+        ValueError, match="unknown dataset format 'nope'; known: genai-bench, hpdv2, hpdv3, imagereward, pickapic"
+    ):
         get_importer("nope")
     fix = fx.make_pickapic(tmp_path / "pickapic")
     report = import_dataset("pickapic", fix.input, tmp_path / "out", on_error="skip", progress=True)
