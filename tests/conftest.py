@@ -1,5 +1,5 @@
-"""Test-wide settings: one thread per process (two threads on a busy 2-core machine run ~10x
-slower, ENV.md), no network, no wandb account."""
+"""Test-wide settings: one thread per process (two threads on the busy 2-core machine were 4x to 7x
+slower, docs/notes.md), no network, no wandb account."""
 
 import os
 

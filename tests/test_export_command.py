@@ -6,7 +6,7 @@
    ``meta.pt``) at its last step and, when fit ends, the export gathered from the in-training model.
    The command, in one process without a process group, exports the folder to the same weights
    (bit for bit) and the same rewards. The launch runs in its own process group and is SIGKILLed on a
-   hard timeout (a hung Lightning run ignores SIGTERM, ENV.md).
+   hard timeout (a hung Lightning run ignores SIGTERM, docs/notes.md).
 2. A single-file ``.ckpt`` of a LoRA reward task (one process, no CLI: no ``_class_path``, the task
    class comes from the checkpoint's ``rewarddance`` record): the export scores like the in-training
    task and holds the trained adapter alone in ``lora/``, which applied to the base model gives the
@@ -59,7 +59,7 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
-    torch.set_num_threads(1)  # tests/conftest.py sets it too; repeated so this file runs fast alone (ENV.md)
+    torch.set_num_threads(1)  # tests/conftest.py sets it too; repeated so this file runs fast alone (docs/notes.md)
 
 
 @pytest.fixture(scope="module")

@@ -1,1 +1,2 @@
-"""Shard format, writers, streaming DataModules, importers and the shapes world."""
+"""Shards and what reads and writes them: schema, writer, streaming (``stream/``), DataModules, prompt sources and
+dataset importers (``importers/``)."""

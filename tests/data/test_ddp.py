@@ -1,7 +1,8 @@
 """Two real DDP processes (gloo on CPU), 2 workers each, on an uneven data set (7 + 5 + 9 samples).
 
-Unequal batch counts across ranks deadlock DDP, and a deadlocked Lightning run ignores SIGTERM
-(ENV.md), so the run happens in its own process group and is SIGKILLed on a hard timeout.
+Unequal batch counts across ranks deadlock DDP, and a deadlocked Lightning run ignores SIGTERM (its
+handler waits on a collective the hung rank never joins: docs/notes.md), so the run happens in its own
+process group and is SIGKILLed on a hard timeout.
 """
 
 from __future__ import annotations

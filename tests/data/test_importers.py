@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from rewarddance.data.importers import IMPORTERS, DatasetImportError, get_importer, import_dataset
+from rewarddance.data.importers import IMPORTERS, DatasetImportError, Format, get_importer, import_dataset
 from rewarddance.data.schema import Sample, decode_sample
 
 try:  # tests/ may or may not be a package
@@ -347,7 +348,10 @@ def test_registry_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert sorted(IMPORTERS) == sorted(
         ["pickapic", "hpdv2", "imagereward", "videogen-rewardbench", "genai-bench", "hpdv3"]
     )
-    with pytest.raises(ValueError, match="unknown dataset format 'nope'; known: pickapic"):
+    assert set(typing.get_args(Format)) == set(IMPORTERS)  # `data import --format` offers every bundled importer
+    with pytest.raises(
+        ValueError, match="unknown dataset format 'nope'; known: genai-bench, hpdv2, hpdv3, imagereward, pickapic"
+    ):
         get_importer("nope")
     fix = fx.make_pickapic(tmp_path / "pickapic")
     report = import_dataset("pickapic", fix.input, tmp_path / "out", on_error="skip", progress=True)

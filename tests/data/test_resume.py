@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewarddance.data import stream as stream_mod
 from rewarddance.data.prompts import PromptLoader
 from rewarddance.data.stream import ResumeError, ShardStream, StreamLoader
+from rewarddance.data.stream import dataset as stream_dataset
 
 try:  # tests/ is a package here; the fallback keeps the file runnable if it stops being one
     from .streamkit import good_record, with_meta, write_dataset, write_records
@@ -84,13 +84,13 @@ def test_restored_loader_continues_exactly_at_every_batch(tmp_path, case):
 def test_restored_position_is_passed_over_without_decoding(tmp_path, monkeypatch):
     write_dataset(tmp_path, [7, 5, 9])
     decoded: list[str] = []
-    real = stream_mod.decode_sample
+    real = stream_dataset.decode_sample
 
     def counting(raw, **kwargs):
         decoded.append(raw["__key__"])
         return real(raw, **kwargs)
 
-    monkeypatch.setattr(stream_mod, "decode_sample", counting)
+    monkeypatch.setattr(stream_dataset, "decode_sample", counting)
     first = StreamLoader(ShardStream(tmp_path, batch_size=3, shuffle=True, shuffle_buffer=5))
     head = _batches(first, stop=4)
     resumed = StreamLoader(ShardStream(tmp_path, batch_size=3, shuffle=True, shuffle_buffer=5))

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rewarddance.data import stream as stream_mod
 from rewarddance.data.datamodule import ShardDataModule
 from rewarddance.data.schema import ShardFormatError
 from rewarddance.data.stream import (
@@ -27,6 +26,8 @@ from rewarddance.data.stream import (
     iter_tar_samples,
     resolve_shards,
 )
+from rewarddance.data.stream import dataset as stream_dataset
+from rewarddance.data.stream.tar_reader import MemberPolicy
 
 try:  # tests/ is a package here; the fallback keeps the file runnable if it stops being one
     from .streamkit import batch_keys, good_record, with_meta, write_dataset, write_records
@@ -280,7 +281,7 @@ def test_references_and_visuals_can_be_left_undecoded(tmp_path):
     meta_only = [s for b in ShardStream(tmp_path, load_visuals=False) for s in b]
     assert all(s.first is None and s.image is None and s.references == [] for s in meta_only)
     assert [s.prompt for s in meta_only] == [s.prompt for s in full]
-    raw = next(iter_tar_samples(str(tmp_path / "shard-000000.tar"), policy=stream_mod._MemberPolicy(True, False)))
+    raw = next(iter_tar_samples(str(tmp_path / "shard-000000.tar"), policy=MemberPolicy(True, False)))
     assert raw["ref0.png"] == b"" and raw["first.png"][:4] == b"\x89PNG"  # reference bytes not even read
 
 
@@ -340,7 +341,7 @@ def _simulate(stream_kwargs: dict, world: int, workers: int, monkeypatch) -> lis
         per_worker = []
         for worker in range(workers):
             monkeypatch.setattr(
-                stream_mod, "get_worker_info", lambda w=worker: SimpleNamespace(id=w, num_workers=workers)
+                stream_dataset, "get_worker_info", lambda w=worker: SimpleNamespace(id=w, num_workers=workers)
             )
             per_worker.append(list(ShardStream(rank=rank, world_size=world, **stream_kwargs)))
         # DataLoader hands out batches round-robin over workers, skipping exhausted ones.

@@ -23,7 +23,8 @@ unsharded task: fp32 losses and full gradients are identical (0.0 measured), bf1
 within 6% relative (measured; asserted 15%).
 
 A wrong batch count on one rank would deadlock the run, and a deadlocked Lightning run ignores
-SIGTERM (ENV.md), so the launch runs in its own process group and is SIGKILLed on a hard timeout.
+SIGTERM (its handler waits on a collective the hung rank never joins: docs/notes.md), so the launch
+runs in its own process group and is SIGKILLed on a hard timeout.
 """
 
 from __future__ import annotations

@@ -31,34 +31,36 @@ from rewarddance.data.importers.videogen_rewardbench import VideoGenRewardBenchI
 from rewarddance.data.writer import MANIFEST, SampleWriter
 from rewarddance.errors import UsageError
 from rewarddance.outputs import atomic_output
+from rewarddance.registry import Registry
 
 Format = Literal["pickapic", "hpdv2", "imagereward", "videogen-rewardbench", "genai-bench", "hpdv3"]
 ImageExt = Literal["png", "jpg", "jpeg", "webp"]
 
-IMPORTERS: dict[str, type[Importer]] = {
-    cls.name: cls
-    for cls in (
-        PickAPicImporter,
-        HPDv2Importer,
-        ImageRewardImporter,
-        VideoGenRewardBenchImporter,
-        GenAIBenchImporter,
-        HPDv3Importer,
-    )
-}
+IMPORTERS: Registry[type[Importer]] = Registry(
+    "dataset format",
+    hint="To add one, subclass rewarddance.data.importers.common.Importer and call IMPORTERS.register(name, class) "
+    "(from a rewarddance.plugins entry point in another package); `data import --format` offers the names in Format.",
+)
 """Format name -> importer class."""
+
+for importer_class in (
+    PickAPicImporter,
+    HPDv2Importer,
+    ImageRewardImporter,
+    VideoGenRewardBenchImporter,
+    GenAIBenchImporter,
+    HPDv3Importer,
+):
+    IMPORTERS.register(importer_class.name, importer_class)
 
 
 def get_importer(format: str) -> type[Importer]:
     """The importer class registered as ``format``.
 
     Raises:
-        ValueError: naming the known formats.
+        UsageError: naming the known formats.
     """
-    try:
-        return IMPORTERS[format]
-    except KeyError:
-        raise UsageError(f"unknown dataset format {format!r}; known: {', '.join(IMPORTERS)}") from None
+    return IMPORTERS[format]
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
