@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from rewarddance.models.generators import Generator, _max_sequence_length
-from rewarddance.rl.denoising import DenoisingContext, PipelineAdapter, adapter_for
+from rewarddance.models.adapters import DenoisingContext, PipelineAdapter, adapter_for
+from rewarddance.models.generators import Generator, default_max_sequence_length
 from tests.rl.helpers import PROMPTS, SIDE
 
 FAMILIES = ["sd15", "sdxl", "sd3", "flux", "wan-t2v"]
@@ -29,7 +29,7 @@ def _pipeline_run(generator: Generator, seed: int, **call: Any) -> tuple[torch.T
         return tensors
 
     kwargs: dict[str, Any] = {"height": SIDE, "width": SIDE, "num_inference_steps": STEPS, **call}
-    if (length := _max_sequence_length(generator.pipeline)) is not None:
+    if (length := default_max_sequence_length(generator.pipeline)) is not None:
         kwargs["max_sequence_length"] = length
     generator.pipeline.set_progress_bar_config(disable=True)
     with torch.no_grad():
