@@ -196,7 +196,8 @@ def _unet(size: TinyGeneratorSize, cross_attention_dim: int, **config: Any) -> U
         block_out_channels=(size.width, 2 * size.width),
         layers_per_block=size.num_layers,
         # Attention only at the coarse level and in the middle block: attention at the fine level
-        # roughly halves CPU speed (ENV.md) and adds nothing a plumbing test needs.
+        # makes a forward ~1.5x slower on one CPU thread (docs/notes.md, "models") and adds nothing
+        # a plumbing test needs.
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         # Despite its name, UNet2DConditionModel reads attention_head_dim as the number of heads
