@@ -45,6 +45,7 @@ ADAPTERS: Registry[Callable[[Generator], GeneratorAdapter]] = Registry(
 for _adapter in (StableDiffusionAdapter, StableDiffusionXLAdapter, StableDiffusion3Adapter, FluxAdapter, WanAdapter):
     for _family in _adapter.families:
         ADAPTERS.register(_family, _adapter)
+del _adapter, _family
 
 
 def adapter_for(generator: Generator) -> GeneratorAdapter:
