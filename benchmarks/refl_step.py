@@ -77,7 +77,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from rewarddance.data.prompts import PromptDataModule, load_prompts
-    from rewarddance.planning import _LiveTensorBytes
+    from rewarddance.planning import LiveTensorBytes
     from rewarddance.shapes import write_geneval_jsonl
     from rewarddance.tasks import GeneratorRLTask
 
@@ -113,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
             if trainer.global_step == args.steps:
                 # The process's peak so far: models, references, the timed steps (not the tracker's own records).
                 peaks["process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-                self.tracker = _LiveTensorBytes()
+                self.tracker = LiveTensorBytes()
                 self.tracker.__enter__()
 
         def on_train_batch_end(self, trainer: L.Trainer, *_: object) -> None:

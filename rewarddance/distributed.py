@@ -43,6 +43,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from rewarddance.checkpointing import is_local_path
+from rewarddance.models.dtypes import resolve_dtype
 from rewarddance.models.lora import prepare_for_training, unwrap_peft
 
 try:  # torch >= 2.6
@@ -97,20 +98,16 @@ class ShardSettings:
     def mp_policy(self, *, root: bool) -> MixedPrecisionPolicy:
         """The unit's policy; roots return fp32 outputs (inner units stay in the compute dtype)."""
         if self.param_dtype is None:
-            return MixedPrecisionPolicy(reduce_dtype=_dtype(self.reduce_dtype))
+            return MixedPrecisionPolicy(reduce_dtype=resolve_dtype(self.reduce_dtype))
         return MixedPrecisionPolicy(
-            param_dtype=_dtype(self.param_dtype),
-            reduce_dtype=_dtype(self.reduce_dtype),
+            param_dtype=resolve_dtype(self.param_dtype),
+            reduce_dtype=resolve_dtype(self.reduce_dtype),
             output_dtype=torch.float32 if root else None,
         )
 
     def offload_policy(self) -> OffloadPolicy:
         # Pinned memory needs a CUDA runtime; on a CPU-only machine offloading is a no-op anyway.
         return CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if self.cpu_offload else OffloadPolicy()
-
-
-def _dtype(name: str | None) -> torch.dtype | None:
-    return None if name is None else getattr(torch, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +249,7 @@ def shard_task(task: L.LightningModule, settings: ShardSettings | None = None) -
             shard_model(child, mesh, settings)
         else:
             # Small heads compute in fp32 (RewardHead casts its input itself): no parameter cast.
-            mp = MixedPrecisionPolicy(reduce_dtype=_dtype(settings.reduce_dtype))
+            mp = MixedPrecisionPolicy(reduce_dtype=resolve_dtype(settings.reduce_dtype))
             fully_shard(child, mesh=mesh, mp_policy=mp, offload_policy=settings.offload_policy())
 
 

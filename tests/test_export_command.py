@@ -230,8 +230,8 @@ def test_lora_checkpoint_file_exports_merged_model_and_adapter(tmp_path, pairs, 
 @pytest.mark.timeout(120)
 def test_rl_generator_checkpoint_exports_a_pipeline_with_the_adapter(tmp_path):
     from rewarddance.data.prompts import PromptDataModule
+    from rewarddance.models.adapters import adapter_for
     from rewarddance.models.generators import load_generator
-    from rewarddance.rl.denoising import adapter_for
     from rewarddance.shapes import geneval_prompts, write_geneval_jsonl
     from rewarddance.tasks import GeneratorRLTask
     from rewarddance.tasks.generator_rl import GeneratorLora

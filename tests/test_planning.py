@@ -18,12 +18,12 @@ from rewarddance.planning import (
     PAPER_SIZES,
     VALIDATION_SETTINGS,
     VALIDATION_TOLERANCE,
-    _dtypes,
     describe_backbone,
     estimate_memory,
     format_plan,
     grid_table,
     lm_layer_activation_bytes,
+    precision_bytes,
     validate,
     vision_layer_activation_bytes,
 )
@@ -113,7 +113,7 @@ def test_layer_formulas_match_saved_tensors(family: str, precision: str) -> None
     inputs = dict(backbone.encode(["<image> <image> " + "word " * 60] * 2, [[image, image]] * 2))
     saved = _saved_bytes_per_layer(model, inputs, autocast=precision == "bf16-mixed")
     arch = describe_backbone(f"tiny-{family}", "small")
-    dt = _dtypes(precision, "ddp", arch.vision)
+    dt = precision_bytes(precision, "ddp", arch.vision)
     n = inputs["input_ids"].numel()
     m = 2 * arch.vision_patches(64) * 2  # 2 samples x 2 images
     copies = 2 if dt.casts else 0  # autocast's bf16 weight copies, saved per layer

@@ -18,7 +18,7 @@ RM as verifier (no reference image needed, faster); any ``latents -> scores`` ca
 :math:`\hat x_0` and scoring it. Compute is reported as denoiser steps x samples (``nfe``) for scaling plots.
 
 Everything is generic over two callables, so the toy 1-D tests and real generators share the code; for a
-diffusers generator use ``adapter.denoise`` / ``adapter.renoise`` (:mod:`rewarddance.rl.denoising`) bound to a
+diffusers generator use ``adapter.denoise`` / ``adapter.renoise`` (:mod:`rewarddance.models.adapters`) bound to a
 context, with a first-order scheduler.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from rewarddance.rl._util import RandomSource, as_generator
+from rewarddance.models.seeding import RandomSource, as_generator
 
 Denoise = Callable[[Tensor, int, int], Tensor]
 """``denoise(latents, from_step, to_step) -> latents`` runs the sampler forward (``from_step < to_step``)."""

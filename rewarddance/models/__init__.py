@@ -1,4 +1,6 @@
-"""VLM backbones for generative reward models, and (in ``generators``) diffusers generators; no Lightning here.
+"""Model builders, no Lightning here: VLM backbones for generative reward models (``backbones``, ``tiny_backbones``),
+diffusers generators (``generators``, ``tiny_generators``) and their step-level adapters for RL and search
+(``adapters``, with the noise-schedule math in ``schedules``), LoRA (``lora``), processors, tokenizers and inputs.
 
 Typical use::
 
@@ -14,15 +16,8 @@ folders saved by rewarddance need to load back as processors.
 """
 
 from rewarddance.judge.readout import last_token_logits, yes_no_log_probs, yes_probability
-from rewarddance.models.backbones import (
-    BACKBONES,
-    TINY_PRESETS,
-    Backbone,
-    BackboneSpec,
-    TinySize,
-    load_backbone,
-    register_backbone,
-)
+from rewarddance.models.backbones import BACKBONES, Backbone, BackboneSpec, load_backbone, register_backbone
+from rewarddance.models.dtypes import resolve_dtype
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, encode, prompt_to_messages, sample_frames
 from rewarddance.models.lora import (
     LANGUAGE_MODEL_LORA_REGEX,
@@ -33,6 +28,7 @@ from rewarddance.models.lora import (
     trainable_parameter_count,
 )
 from rewarddance.models.processors import IMAGE_ONLY_PROCESSORS, ensure_processor
+from rewarddance.models.tiny_backbones import TINY_PRESETS, TinySize
 from rewarddance.models.tokenizer import single_token_id, train_tiny_tokenizer
 
 __all__ = [
@@ -55,6 +51,7 @@ __all__ = [
     "prepare_for_training",
     "prompt_to_messages",
     "register_backbone",
+    "resolve_dtype",
     "sample_frames",
     "single_token_id",
     "train_tiny_tokenizer",

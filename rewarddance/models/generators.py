@@ -1,4 +1,4 @@
-"""The generator registry: a dict of diffusers families and two functions.
+"""The generator registry: a :class:`~rewarddance.registry.Registry` of diffusers families and two functions.
 
 Every family is one :class:`GeneratorSpec` in :data:`GENERATORS`, registered with
 :func:`register_generator`; :func:`load_generator` turns a name into a :class:`Generator`
@@ -10,11 +10,13 @@ from any of them with one call. Names resolve as follows (see :func:`resolve_gen
   registry's hub ids, or else read from its ``model_index.json`` (pipeline class);
 - ``"/path/saved/by/save_pretrained"``: that folder, by the very same code path as a hub id;
 - ``"tiny-sd3"`` (optionally ``width=64``, ``num_layers=2``...): a tiny random pipeline of the same
-  architecture, built offline from configs, with tokenizers trained locally.
+  architecture, built offline from configs, with tokenizers trained locally
+  (:mod:`rewarddance.models.tiny_generators`).
 
 Hub checkpoints and folders go through ``<family pipeline>.from_pretrained``: a folder path and a
-hub id differ only in the string. The tiny variants exist for tests, tutorials and CPU experiments
-(ENV.md: no hub access here); a saved tiny pipeline is an ordinary diffusers folder.
+hub id differ only in the string. The tiny variants exist for tests, tutorials and CPU experiments,
+and build without network access (nothing is downloaded); a saved tiny pipeline is an ordinary
+diffusers folder.
 
 Families: ``sd15`` and ``sdxl`` (UNet, epsilon prediction), ``sd3`` and ``flux`` (flow-matching
 transformers), ``wan-t2v`` and ``wan-i2v`` (Wan 2.1 video diffusion transformers).
@@ -22,58 +24,43 @@ transformers), ``wan-t2v`` and ``wan-i2v`` (Wan 2.1 video diffusion transformers
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import inspect
 import json
-import math
 import os
-import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from diffusers import (
-    AutoencoderKL,
-    AutoencoderKLWan,
     DiffusionPipeline,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
-    FluxTransformer2DModel,
-    PNDMScheduler,
-    SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-    UniPCMultistepScheduler,
     WanImageToVideoPipeline,
     WanPipeline,
-    WanTransformer3DModel,
 )
 from diffusers.utils import deprecation_utils
 from PIL import Image
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    T5Config,
-    T5EncoderModel,
-    T5Tokenizer,
-    UMT5Config,
-    UMT5EncoderModel,
-)
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers import T5Tokenizer
 
 from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
-from rewarddance.models.tokenizer import shapes_corpus
+from rewarddance.models.dtypes import resolve_dtype
+from rewarddance.models.tiny_generators import (
+    TinyGeneratorSize,
+    TinyPipelineBuilder,
+    build_tiny_flux,
+    build_tiny_sd3,
+    build_tiny_sd15,
+    build_tiny_sdxl,
+    build_tiny_wan_i2v,
+    build_tiny_wan_t2v,
+    tiny_generator_size,
+)
+from rewarddance.registry import Registry
 
 Kind = Literal["unet", "flow", "video"]
 """Denoiser family: ``"unet"`` (SD-style UNet, DDPM noise schedule), ``"flow"`` (flow-matching image
@@ -90,475 +77,8 @@ TINY_PREFIX = "tiny-"
 
 
 # --------------------------------------------------------------------------------------------
-# Tiny sizes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TinyGeneratorSize:
-    """Shape of a tiny offline pipeline. One set of fields for all families; each builder maps them
-    onto its architecture (the docstring of each ``build_tiny_*`` says how).
-
-    Attributes:
-        width: Denoiser width: channels of the first UNet level (the second has twice as many), or
-            the transformer's inner dimension (``num_heads * head_dim``).
-        num_layers: UNet layers per level, or transformer blocks (Flux: of each of its two kinds).
-        num_heads: Attention heads of the denoiser.
-        text_width: Hidden size of each CLIP text encoder (and of the Wan I2V image encoder); the
-            T5/UMT5 encoder is twice as wide, as upstream where T5 is the widest encoder (SD3 pads
-            the concatenated CLIP features up to the T5 width, so it must be at least 2x).
-        text_layers: Layers of every text (and image) encoder; at least 2, because SDXL and Wan I2V
-            read the penultimate hidden state.
-        text_heads: Attention heads of every text (and image) encoder.
-        t5_max_length: The T5/UMT5 tokenizer's ``model_max_length``. :func:`sample` pads T5 prompts to
-            ``min(pipeline default, model_max_length)``; the hub tokenizers say 512, which keeps the
-            pipelines' defaults (256/512), while a tiny one keeps the joint attention short.
-        latent_channels: VAE latent channels (the hub has 4 for SD1.5/SDXL, 16 for SD3/Flux/Wan).
-        vae_width: Channels of the VAE's first level (each further level doubles them; Wan keeps them).
-        vae_levels: Resolution levels of the image VAE: it downsamples by ``2 ** (vae_levels - 1)``.
-            Wan ignores it and keeps the hub's 8x spatial / 4x temporal compression, since its frame
-            count rule (4k+1) and the I2V mask channels are tied to it.
-        image_size: Default image side in pixels; sets the UNet's and SD3's ``sample_size`` (SD3's
-            position table covers 4x that side).
-    """
-
-    width: int = 32
-    num_layers: int = 1
-    num_heads: int = 2
-    text_width: int = 32
-    text_layers: int = 2
-    text_heads: int = 2
-    t5_max_length: int = 32
-    latent_channels: int = 4
-    vae_width: int = 8
-    vae_levels: int = 2
-    image_size: int = 32
-
-    def __post_init__(self) -> None:
-        if self.width % self.num_heads or (self.width // self.num_heads) % 2:
-            raise ValueError(f"width / num_heads must be an even integer (rotary embeddings): {self}")
-        if self.text_width % self.text_heads:
-            raise ValueError(f"text_width must be divisible by text_heads: {self}")
-        if self.text_layers < 2:
-            raise ValueError(f"text_layers must be >= 2 (penultimate hidden states are read): {self}")
-        if self.vae_levels < 1 or self.image_size % (2 ** (self.vae_levels - 1) * 2):
-            raise ValueError(f"image_size must be a multiple of twice the VAE downsampling factor: {self}")
-
-    @property
-    def head_dim(self) -> int:
-        """Denoiser attention head width."""
-        return self.width // self.num_heads
-
-    @property
-    def t5_width(self) -> int:
-        """Hidden size of the T5/UMT5 text encoder."""
-        return 2 * self.text_width
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Spatial downsampling of the image VAE."""
-        return 2 ** (self.vae_levels - 1)
-
-
-# --------------------------------------------------------------------------------------------
-# Tiny tokenizers, trained offline (hub checkpoints bring their own)
-# --------------------------------------------------------------------------------------------
-
-_CLIP_BOS, _CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
-# CLIPTokenizer's own pre-tokenizer split: training with it makes the merges match what
-# CLIPTokenizer will apply.
-_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-
-
-def train_tiny_clip_tokenizer(vocab_size: int = 1000, model_max_length: int = 77) -> CLIPTokenizer:
-    """Train a CLIP-style BPE (lower-cased, ``</w>`` word ends, byte-level alphabet) on the shapes corpus.
-
-    The result is a genuine ``CLIPTokenizer`` (so pipelines save and reload it under the same class as
-    the hub's); byte-level, so any text encodes.
-
-    Args:
-        vocab_size: Target vocabulary size (the corpus is small: ~700 are reached).
-        model_max_length: Padded prompt length; 77 as every CLIP checkpoint (the text encoder's
-            position table is sized to it).
-
-    Returns:
-        The tokenizer.
-    """
-    backend = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=_CLIP_EOS))
-    backend.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=[_CLIP_BOS, _CLIP_EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend.train_from_iterator(shapes_corpus(), trainer=trainer)
-    model = json.loads(backend.to_str())["model"]
-    # tokenizers serialises merges as pairs (lists); CLIPTokenizer wants tuples.
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    trained = dict(model["vocab"])
-    # A word's last character starts as "<c></w>"; the trainer only adds those seen at a word end,
-    # so add every byte in that form (as OpenAI's vocab has) or e.g. a final "!" would become unk.
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    for char in alphabet:
-        trained.setdefault(char + "</w>", len(trained))
-    # The trainer numbers tokens in hash order (single characters) and breaks ties between equally frequent
-    # merges differently on every call: number them by (specials, single characters, length, text) instead, so
-    # the same corpus always gives the same ids. (Tied merges never compete for the same pair in this corpus'
-    # tokenizations checked by the tests; a saved pipeline keeps its own vocab and merges anyway.)
-    singles = {*alphabet, *(c + "</w>" for c in alphabet)}
-    specials = [_CLIP_BOS, _CLIP_EOS]
-    ordered = specials + sorted((t for t in trained if t not in specials), key=lambda t: (t not in singles, len(t), t))
-    vocab = {token: i for i, token in enumerate(ordered)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
-
-
-def train_tiny_t5_tokenizer(vocab_size: int = 600, model_max_length: int = 32) -> T5Tokenizer:
-    """Train a T5-style unigram tokenizer (SentencePiece ``▁`` word starts) on the shapes corpus.
-
-    A genuine ``T5Tokenizer`` (the class SD3, Flux and Wan's UMT5 checkpoints load), with T5's id
-    layout: ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2. Printable ASCII is in the alphabet; other
-    characters map to ``<unk>``, as in a SentencePiece model without byte fallback.
-
-    Args:
-        vocab_size: Upper bound on the vocabulary (unigram pruning stops earlier on this corpus).
-        model_max_length: Stored maximum length; :func:`sample` pads T5 prompts to at most this.
-
-    Returns:
-        The tokenizer (no ``<extra_id_*>`` sentinels: encoders never see them).
-    """
-    backend = Tokenizer(models.Unigram())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
-    )
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
-        show_progress=False,
-    )
-    backend.train_from_iterator(shapes_corpus(), trainer=trainer)
-    vocab = [tuple(piece) for piece in json.loads(backend.to_str())["model"]["vocab"]]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
-
-
-# --------------------------------------------------------------------------------------------
-# Tiny components
-# --------------------------------------------------------------------------------------------
-
-
-def _clip_text_config(size: TinyGeneratorSize, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=size.text_width,
-        intermediate_size=4 * size.text_width,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=size.text_heads,
-        max_position_embeddings=tokenizer.model_max_length,
-        projection_dim=size.text_width,
-        hidden_act="quick_gelu",
-        # The pooled output is read at the first eos: with eos_token_id == 2, CLIP falls back to
-        # argmax(input_ids), which only finds the eos in OpenAI's vocab (eos is the last id there).
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-def _t5_config(size: TinyGeneratorSize, tokenizer: T5Tokenizer, config_class: type[T5Config] = T5Config) -> T5Config:
-    return config_class(
-        vocab_size=len(tokenizer),
-        d_model=size.t5_width,
-        d_kv=size.t5_width // size.text_heads,
-        d_ff=2 * size.t5_width,
-        num_layers=size.text_layers,
-        num_heads=size.text_heads,
-        feed_forward_proj="gated-gelu",  # T5 v1.1 / UMT5, as every checkpoint these pipelines use
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-
-
-def _groups(channels: int) -> int:
-    # GroupNorm needs groups dividing the channels; upstream uses 32 on widths that are multiples of 32.
-    return math.gcd(channels, 32)
-
-
-def _image_vae(size: TinyGeneratorSize, **config: Any) -> AutoencoderKL:
-    channels = tuple(size.vae_width * 2**i for i in range(size.vae_levels))
-    return AutoencoderKL(
-        block_out_channels=channels,
-        down_block_types=("DownEncoderBlock2D",) * size.vae_levels,
-        up_block_types=("UpDecoderBlock2D",) * size.vae_levels,
-        latent_channels=size.latent_channels,
-        norm_num_groups=_groups(size.vae_width),
-        sample_size=size.image_size,
-        **config,
-    )
-
-
-def _unet(size: TinyGeneratorSize, cross_attention_dim: int, **config: Any) -> UNet2DConditionModel:
-    return UNet2DConditionModel(
-        sample_size=size.image_size // size.vae_scale_factor,
-        in_channels=size.latent_channels,
-        out_channels=size.latent_channels,
-        block_out_channels=(size.width, 2 * size.width),
-        layers_per_block=size.num_layers,
-        # Attention only at the coarse level and in the middle block: attention at the fine level
-        # roughly halves CPU speed (ENV.md) and adds nothing a plumbing test needs.
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        # Despite its name, UNet2DConditionModel reads attention_head_dim as the number of heads
-        # (a historical naming bug kept for checkpoint compatibility).
-        attention_head_dim=size.num_heads,
-        cross_attention_dim=cross_attention_dim,
-        norm_num_groups=_groups(size.width),
-        **config,
-    )
-
-
-def build_tiny_sd15(size: TinyGeneratorSize) -> StableDiffusionPipeline:
-    """Tiny Stable Diffusion 1.5: CLIP text encoder, UNet with cross-attention, KL VAE, PNDM (as the hub).
-
-    No safety checker: it would black out samples, which a reward model then scores.
-    """
-    tokenizer = train_tiny_clip_tokenizer()
-    return StableDiffusionPipeline(
-        vae=_image_vae(size, scaling_factor=0.18215),
-        text_encoder=CLIPTextModel(_clip_text_config(size, tokenizer)),
-        tokenizer=tokenizer,
-        unet=_unet(size, cross_attention_dim=size.text_width),
-        scheduler=PNDMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            skip_prk_steps=True,
-            steps_offset=1,
-            set_alpha_to_one=False,
-        ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def build_tiny_sdxl(size: TinyGeneratorSize) -> StableDiffusionXLPipeline:
-    """Tiny SDXL: two CLIP text encoders (the second with projection), UNet with text/size micro-conditioning.
-
-    The UNet cross-attends to both encoders' penultimate states concatenated (2 x ``text_width``); its
-    added embedding takes the pooled projection plus six size/crop numbers of 8 sinusoids each.
-    """
-    tokenizer = train_tiny_clip_tokenizer()
-    config = _clip_text_config(size, tokenizer)
-    time_embed_dim = 8
-    return StableDiffusionXLPipeline(
-        vae=_image_vae(size, scaling_factor=0.13025),
-        text_encoder=CLIPTextModel(config),
-        text_encoder_2=CLIPTextModelWithProjection(config),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=_unet(
-            size,
-            cross_attention_dim=2 * size.text_width,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=time_embed_dim,
-            projection_class_embeddings_input_dim=6 * time_embed_dim + size.text_width,
-        ),
-        scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            steps_offset=1,
-            timestep_spacing="leading",
-        ),
-        add_watermarker=False,
-    )
-
-
-def build_tiny_sd3(size: TinyGeneratorSize) -> StableDiffusion3Pipeline:
-    """Tiny SD3.5 (medium): two CLIP encoders with projection + T5, MMDiT-X with QK RMS-norm and one
-    dual-attention block, KL VAE without quant convs, flow-matching Euler with shift 3.
-    """
-    clip_tokenizer = train_tiny_clip_tokenizer()
-    t5_tokenizer = train_tiny_t5_tokenizer(model_max_length=size.t5_max_length)
-    clip_config = _clip_text_config(size, clip_tokenizer)
-    patch = 2
-    latent_side = size.image_size // size.vae_scale_factor
-    return StableDiffusion3Pipeline(
-        transformer=SD3Transformer2DModel(
-            sample_size=latent_side,
-            patch_size=patch,
-            in_channels=size.latent_channels,
-            out_channels=size.latent_channels,
-            num_layers=size.num_layers,
-            attention_head_dim=size.head_dim,
-            num_attention_heads=size.num_heads,
-            joint_attention_dim=size.t5_width,
-            caption_projection_dim=size.width,
-            pooled_projection_dim=2 * size.text_width,
-            pos_embed_max_size=4 * latent_side // patch,
-            dual_attention_layers=(0,),
-            qk_norm="rms_norm",
-        ),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_image_vae(
-            size, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False
-        ),
-        text_encoder=CLIPTextModelWithProjection(clip_config),
-        tokenizer=clip_tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(clip_config),
-        tokenizer_2=clip_tokenizer,
-        text_encoder_3=T5EncoderModel(_t5_config(size, t5_tokenizer)),
-        tokenizer_3=t5_tokenizer,
-    )
-
-
-def build_tiny_flux(size: TinyGeneratorSize) -> FluxPipeline:
-    """Tiny FLUX.1-dev: CLIP (pooled) + T5 (sequence) encoders, double- and single-stream blocks with
-    3-axis RoPE, guidance embedding (guidance-distilled like dev), latents packed in 2x2 patches.
-    """
-    clip_tokenizer = train_tiny_clip_tokenizer()
-    t5_tokenizer = train_tiny_t5_tokenizer(model_max_length=size.t5_max_length)
-    # RoPE axes (id, height, width) must sum to head_dim, each even; upstream (16, 56, 56) of 128.
-    half = size.head_dim // 2
-    axis_t = half // 4
-    axis_h = (half - axis_t) // 2
-    axes = (2 * axis_t, 2 * axis_h, 2 * (half - axis_t - axis_h))
-    return FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=3.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=1.15,
-            base_image_seq_len=256,
-            max_image_seq_len=4096,
-        ),
-        vae=_image_vae(
-            size, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False
-        ),
-        text_encoder=CLIPTextModel(_clip_text_config(size, clip_tokenizer)),
-        tokenizer=clip_tokenizer,
-        text_encoder_2=T5EncoderModel(_t5_config(size, t5_tokenizer)),
-        tokenizer_2=t5_tokenizer,
-        transformer=FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=4 * size.latent_channels,  # 2x2 packed latents
-            num_layers=size.num_layers,
-            num_single_layers=size.num_layers,
-            attention_head_dim=size.head_dim,
-            num_attention_heads=size.num_heads,
-            joint_attention_dim=size.t5_width,
-            pooled_projection_dim=size.text_width,
-            guidance_embeds=True,
-            axes_dims_rope=axes,
-        ),
-    )
-
-
-def _wan_vae(size: TinyGeneratorSize) -> AutoencoderKLWan:
-    # The hub's level structure (3 spatial, 2 temporal downsamplings) with vae_width channels throughout.
-    return AutoencoderKLWan(
-        base_dim=size.vae_width,
-        z_dim=size.latent_channels,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * size.latent_channels,
-        latents_std=[1.0] * size.latent_channels,
-    )
-
-
-def _wan_transformer(size: TinyGeneratorSize, **config: Any) -> WanTransformer3DModel:
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=size.num_heads,
-        attention_head_dim=size.head_dim,
-        text_dim=size.t5_width,
-        ffn_dim=4 * size.width,
-        num_layers=size.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        **config,
-    )
-
-
-def _wan_scheduler() -> UniPCMultistepScheduler:
-    # Wan 2.1's hub scheduler: UniPC on flow-matching sigmas, shift 3 (the 480p setting).
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-
-
-def build_tiny_wan_t2v(size: TinyGeneratorSize) -> WanPipeline:
-    """Tiny Wan 2.1 T2V: UMT5 encoder, 3D causal VAE (8x spatial, 4x temporal), DiT with 3D RoPE, UniPC."""
-    tokenizer = train_tiny_t5_tokenizer(model_max_length=size.t5_max_length)
-    return WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=UMT5EncoderModel(_t5_config(size, tokenizer, UMT5Config)),
-        vae=_wan_vae(size),
-        scheduler=_wan_scheduler(),
-        transformer=_wan_transformer(size, in_channels=size.latent_channels, out_channels=size.latent_channels),
-    )
-
-
-def build_tiny_wan_i2v(size: TinyGeneratorSize) -> WanImageToVideoPipeline:
-    """Tiny Wan 2.1 I2V: T2V plus a CLIP vision encoder whose penultimate states enter extra
-    cross-attention keys/values, and the first frame's latents + a 4-channel frame mask concatenated
-    to the noisy latents (so the DiT takes ``2 * latent_channels + 4`` channels, 36 on the hub).
-
-    The image processor is transformers' PIL CLIP processor, which needs no torchvision.
-    """
-    tokenizer = train_tiny_t5_tokenizer(model_max_length=size.t5_max_length)
-    image_side, patch = 32, 8
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=size.text_width,
-            intermediate_size=4 * size.text_width,
-            num_hidden_layers=size.text_layers,
-            num_attention_heads=size.text_heads,
-            image_size=image_side,
-            patch_size=patch,
-            hidden_act="gelu",
-        )
-    )
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_side}, crop_size={"height": image_side, "width": image_side}
-    )
-    temporal_scale = 4  # the frame mask has one channel per frame of a temporal latent step
-    return WanImageToVideoPipeline(
-        tokenizer=tokenizer,
-        text_encoder=UMT5EncoderModel(_t5_config(size, tokenizer, UMT5Config)),
-        vae=_wan_vae(size),
-        scheduler=_wan_scheduler(),
-        image_processor=image_processor,
-        image_encoder=image_encoder,
-        transformer=_wan_transformer(
-            size,
-            in_channels=2 * size.latent_channels + temporal_scale,
-            out_channels=size.latent_channels,
-            image_dim=size.text_width,
-            added_kv_proj_dim=size.width,
-        ),
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------
-
-TinyPipelineBuilder = Callable[[TinyGeneratorSize], DiffusionPipeline]
-"""Signature of ``GeneratorSpec.build_tiny``: size -> pipeline (random weights, offline)."""
 
 
 @dataclass(frozen=True)
@@ -589,7 +109,9 @@ class GeneratorSpec:
     guidance: str = "classifier-free guidance weight (1 disables it)"
 
 
-GENERATORS: dict[str, GeneratorSpec] = {}
+GENERATORS: Registry[GeneratorSpec] = Registry(
+    "generator family", hint="Add one with rewarddance.models.generators.register_generator."
+)
 """All registered families by name."""
 
 
@@ -604,17 +126,14 @@ def register_generator(spec: GeneratorSpec, *, overwrite: bool = False) -> Gener
         ``spec`` (so it can be used as a one-liner at module level).
 
     Raises:
-        ValueError: If the name is taken (and ``overwrite`` is False), starts with ``"tiny-"``, or
-            ``default_size`` is not among ``hub_ids``.
+        ValueError: If the name starts with ``"tiny-"``, ``default_size`` is not among ``hub_ids``, or
+            the name is taken (and ``overwrite`` is False).
     """
     if spec.name.startswith(TINY_PREFIX):
         raise ValueError(f"Family names must not start with {TINY_PREFIX!r} (reserved for tiny variants): {spec.name}")
-    if spec.name in GENERATORS and not overwrite:
-        raise ValueError(f"Generator {spec.name!r} is already registered.")
     if spec.default_size not in spec.hub_ids:
         raise ValueError(f"default_size {spec.default_size!r} is not among hub_ids {sorted(spec.hub_ids)}")
-    GENERATORS[spec.name] = spec
-    return spec
+    return GENERATORS.register(spec.name, spec, overwrite=overwrite)
 
 
 register_generator(
@@ -863,23 +382,6 @@ DTYPE_KWARG = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torc
 """The ``from_pretrained`` keyword this diffusers takes for the parameter dtype."""
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, dtype, None)
-    if not isinstance(resolved, torch.dtype):
-        raise UsageError(f"Unknown dtype {dtype!r}; use e.g. 'bfloat16' or 'float32'.")
-    return resolved
-
-
-def _tiny_size(overrides: Mapping[str, Any]) -> TinyGeneratorSize:
-    fields = [f.name for f in dataclasses.fields(TinyGeneratorSize)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise UsageError(f"Unknown tiny size fields {unknown}; TinyGeneratorSize has {fields}.")
-    return TinyGeneratorSize(**overrides)
-
-
 def load_generator(
     name_or_path: str | os.PathLike,
     *,
@@ -911,12 +413,12 @@ def load_generator(
             family registers.
     """
     spec, target = resolve_generator(name_or_path, size=size)
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     tiny_size: TinyGeneratorSize | None = None
     if target.startswith(TINY_PREFIX) and target == TINY_PREFIX + spec.name:
         if pipeline_kwargs:
             raise UsageError("pipeline_kwargs apply to from_pretrained; size tiny generators with their fields.")
-        tiny_size = _tiny_size(tiny_overrides)
+        tiny_size = tiny_generator_size(tiny_overrides)
         # fork_rng: reproducible tiny weights without reseeding the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -974,7 +476,7 @@ def _call_default(pipeline: DiffusionPipeline, argument: str) -> Any:
     return None if parameter is None else parameter.default
 
 
-def _max_sequence_length(pipeline: DiffusionPipeline) -> int | None:
+def default_max_sequence_length(pipeline: DiffusionPipeline) -> int | None:
     """min(pipeline default, T5 tokenizer's model_max_length): hub defaults for hub checkpoints, short for tiny ones."""
     default = _call_default(pipeline, "max_sequence_length")
     if default is None:
@@ -1042,7 +544,7 @@ def sample(
         kwargs["guidance_scale"] = guidance_scale
     if negative_prompt is not None:
         kwargs["negative_prompt"] = negative_prompt if isinstance(negative_prompt, str) else list(negative_prompt)
-    if "max_sequence_length" not in kwargs and (length := _max_sequence_length(pipeline)) is not None:
+    if "max_sequence_length" not in kwargs and (length := default_max_sequence_length(pipeline)) is not None:
         kwargs["max_sequence_length"] = length
     if generator.kind == "video":
         if num_frames is None:

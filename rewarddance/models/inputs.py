@@ -11,8 +11,8 @@ A sample is either a prompt string with placeholders or a chat conversation:
 The family's own chat template (from the processor) renders the turn, with the generation prompt,
 so the last position is where the model would emit its answer: the reward reads "yes"/"no" there.
 Video always goes through the image path, one image per sampled frame: transformers' video
-processors need torchvision, which is unavailable here (ENV.md), and the image path works for
-every family.
+processors need torchvision, which rewarddance does not depend on (see ``processors.py``), and the
+image path works for every family.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 LoRA targets are a regex on the language model's projections. Plain names such as
 ``["q_proj", "up_proj"]`` would also hit the vision tower: Qwen2.5-VL's vision MLP uses
-``gate_proj/up_proj/down_proj`` (ENV.md). The reward is read from the LM head, and the paper
+``gate_proj/up_proj/down_proj`` too (``model.visual.blocks.<i>.mlp.gate_proj`` in transformers'
+``Qwen2_5_VLForConditionalGeneration``; ``tests/models/test_peft_utils.py`` checks that no vision
+module gets an adapter). The reward is read from the LM head, and the paper
 scales the VLM as a whole, so adapters go where next-token prediction happens.
 """
 

@@ -3,7 +3,7 @@
 ReFL backpropagates the reward into the generator's pixels, so the reward model's image
 preprocessing must be a torch function of the image tensor. The families' processors are PIL/NumPy
 code (``Qwen2VLImageProcessorPil``, ``GotOcr2ImageProcessorPil``: the only ones usable without
-torchvision, see ENV.md); :func:`pixel_inputs_from_tensor` re-implements them in torch, and
+torchvision, which rewarddance does not depend on); :func:`pixel_inputs_from_tensor` re-implements them in torch, and
 :func:`differentiable_rewards` uses it to compute P("yes") with gradients to the images.
 
 What "the same as the processor" means: the processor sees the PIL image of a ``[0, 1]`` tensor

@@ -1,8 +1,9 @@
 """Image-only processor subclasses for the VLM families, registered with ``AutoProcessor``.
 
 The upstream processors of Qwen2-VL, Qwen2.5-VL, Qwen3-VL and InternVL take a ``video_processor``
-in ``__init__``, and transformers' video processors need torchvision, which cannot be imported
-beside the CPU torch used here (ENV.md). ``ProcessorMixin`` derives its sub-processors from the
+in ``__init__``, and transformers' video processors need torchvision, which rewarddance does not
+depend on (it is not in ``pyproject.toml``, and each torchvision release requires one exact torch
+release: 0.28.0 pins ``torch==2.13.0``). ``ProcessorMixin`` derives its sub-processors from the
 ``__init__`` signature, so a subclass whose ``__init__`` omits ``video_processor`` is an
 image-only processor that saves and loads without torchvision. rewarddance feeds video to every
 family as a list of sampled frames through the image path (see ``rewarddance.models.inputs``),

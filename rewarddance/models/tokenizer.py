@@ -1,19 +1,24 @@
-"""A tiny byte-level BPE tokenizer for the offline (tiny) backbones.
+"""Tiny tokenizers for the offline (tiny) backbones and generators, trained on a built-in corpus.
 
-Hub checkpoints bring their own tokenizers. The tiny backbones cannot download one (no hub access
-here, ENV.md), so the project trains a byte-level BPE in milliseconds on a built-in corpus of
-shapes-world words and reward instructions. Being byte-level it can still encode any text; the
-corpus only decides which words become single tokens. "yes" and "no" must be single tokens, since
-the reward is read from exactly those two logits; :func:`single_token_id` asserts it.
+Hub checkpoints bring their own tokenizers. The tiny models are built without network access
+(tests, tutorials and CPU runs must not depend on the hub), so the project trains its tokenizers
+in milliseconds on a built-in corpus of shapes-world words and reward instructions:
+:func:`train_tiny_tokenizer` (a byte-level BPE for the VLM backbones), and the generators' CLIP
+and T5 tokenizers (:func:`train_tiny_clip_tokenizer`, :func:`train_tiny_t5_tokenizer`). The
+byte-level ones can still encode any text; the corpus only decides which words become single
+tokens. "yes" and "no" must be single tokens, since the reward is read from exactly those two
+logits; :func:`single_token_id` asserts it.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import string
 from collections.abc import Iterable, Mapping
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import CLIPTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, T5Tokenizer
 
 SHAPES: tuple[str, ...] = (
     "circle",
@@ -306,3 +311,95 @@ def single_token_id(tokenizer: PreTrainedTokenizerBase, word: str, source: str |
             "(every supported hub family is), or choose other answer words."
         )
     return ids[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The generators' text-encoder tokenizers (CLIP BPE and T5 unigram)
+# --------------------------------------------------------------------------------------------
+_CLIP_BOS, _CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
+# CLIPTokenizer's own pre-tokenizer split: training with it makes the merges match what
+# CLIPTokenizer will apply.
+_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def train_tiny_clip_tokenizer(vocab_size: int = 1000, model_max_length: int = 77) -> CLIPTokenizer:
+    """Train a CLIP-style BPE (lower-cased, ``</w>`` word ends, byte-level alphabet) on the shapes corpus.
+
+    The result is a genuine ``CLIPTokenizer`` (so pipelines save and reload it under the same class as
+    the hub's); byte-level, so any text encodes.
+
+    Args:
+        vocab_size: Target vocabulary size (the corpus is small: ~700 are reached).
+        model_max_length: Padded prompt length; 77 as every CLIP checkpoint (the text encoder's
+            position table is sized to it).
+
+    Returns:
+        The tokenizer.
+    """
+    backend = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=_CLIP_EOS))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=[_CLIP_BOS, _CLIP_EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    backend.train_from_iterator(shapes_corpus(), trainer=trainer)
+    model = json.loads(backend.to_str())["model"]
+    # tokenizers serialises merges as pairs (lists); CLIPTokenizer wants tuples.
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    trained = dict(model["vocab"])
+    # A word's last character starts as "<c></w>"; the trainer only adds those seen at a word end,
+    # so add every byte in that form (as OpenAI's vocab has) or e.g. a final "!" would become unk.
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    for char in alphabet:
+        trained.setdefault(char + "</w>", len(trained))
+    # The trainer numbers tokens in hash order (single characters) and breaks ties between equally frequent
+    # merges differently on every call: number them by (specials, single characters, length, text) instead, so
+    # the same corpus always gives the same ids. (Tied merges never compete for the same pair in this corpus'
+    # tokenizations checked by the tests; a saved pipeline keeps its own vocab and merges anyway.)
+    singles = {*alphabet, *(c + "</w>" for c in alphabet)}
+    specials = [_CLIP_BOS, _CLIP_EOS]
+    ordered = specials + sorted((t for t in trained if t not in specials), key=lambda t: (t not in singles, len(t), t))
+    vocab = {token: i for i, token in enumerate(ordered)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def train_tiny_t5_tokenizer(vocab_size: int = 600, model_max_length: int = 32) -> T5Tokenizer:
+    """Train a T5-style unigram tokenizer (SentencePiece ``▁`` word starts) on the shapes corpus.
+
+    A genuine ``T5Tokenizer`` (the class SD3, Flux and Wan's UMT5 checkpoints load), with T5's id
+    layout: ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2. Printable ASCII is in the alphabet; other
+    characters map to ``<unk>``, as in a SentencePiece model without byte fallback.
+
+    Args:
+        vocab_size: Upper bound on the vocabulary (unigram pruning stops earlier on this corpus).
+        model_max_length: Stored maximum length; :func:`sample` pads T5 prompts to at most this.
+
+    Returns:
+        The tokenizer (no ``<extra_id_*>`` sentinels: encoders never see them).
+    """
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
+        show_progress=False,
+    )
+    backend.train_from_iterator(shapes_corpus(), trainer=trainer)
+    vocab = [tuple(piece) for piece in json.loads(backend.to_str())["model"]["vocab"]]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)

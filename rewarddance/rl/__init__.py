@@ -1,17 +1,16 @@
 """RL fine-tuning math for diffusers generators: pure functions and small helpers, no Lightning.
 
-- :mod:`~rewarddance.rl.schedules`: clean-sample prediction and re-noising for VP, VE and flow latents.
-- :mod:`~rewarddance.rl.denoising`: step-level access to each pipeline (prepare, denoise, predict x0, decode).
+Written against :class:`rewarddance.models.adapters.GeneratorAdapter` (step-level access to each pipeline) and
+the noise-schedule math of :mod:`rewarddance.models.schedules`.
+
 - :mod:`~rewarddance.rl.refl`: ReFL (ImageReward's reward feedback learning, as RewardDance uses it).
 - :mod:`~rewarddance.rl.reference`: best-of-N references by pairwise win counts, cached per prompt.
 - :mod:`~rewarddance.rl.grpo`: Flow-GRPO and DDIM-SDE GRPO (SDE sampling with log-probs, group advantages, clipped
   loss, KL).
 - :mod:`~rewarddance.rl.diagnostics`: reward-hacking flag and sample diversity.
-- :mod:`~rewarddance.inference.search`: inference-time search over paths.
+- :mod:`~rewarddance.rl.rewards`: the reward protocol and its registry.
 """
 
-from rewarddance.inference.search import PathSearchResult, search_over_paths
-from rewarddance.rl.denoising import ADAPTERS, DenoisingContext, PipelineAdapter, adapter_for
 from rewarddance.rl.diagnostics import HackingCheck, detect_reward_hacking, sample_diversity, trend_slope
 from rewarddance.rl.grpo import (
     GRPOLoss,
@@ -38,26 +37,19 @@ from rewarddance.rl.reference import (
     win_counts,
 )
 from rewarddance.rl.refl import ReFLState, anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
-from rewarddance.rl.schedules import flow_renoise, predict_x0_ddpm, predict_x0_flow, vp_renoise
 
 __all__ = [
-    "ADAPTERS",
-    "DenoisingContext",
     "GRPOLoss",
     "HackingCheck",
-    "PathSearchResult",
-    "PipelineAdapter",
     "ReFLState",
     "ReferenceCache",
     "ReferenceSelection",
     "SDEStep",
     "Trajectory",
-    "adapter_for",
     "anchor_loss",
     "ddim_sde_mean_std",
     "default_sde_steps",
     "detect_reward_hacking",
-    "flow_renoise",
     "flow_sde_mean_std",
     "flow_sde_std",
     "flow_sde_step",
@@ -65,8 +57,6 @@ __all__ = [
     "group_advantages",
     "grpo_loss",
     "pairwise_win_matrix",
-    "predict_x0_ddpm",
-    "predict_x0_flow",
     "recompute_step",
     "refl_loss",
     "refl_predict_x0",
@@ -74,11 +64,9 @@ __all__ = [
     "sample_diversity",
     "sample_refl_step",
     "sample_trajectory",
-    "search_over_paths",
     "select_by_wins",
     "select_references",
     "transition_kl",
     "trend_slope",
-    "vp_renoise",
     "win_counts",
 ]

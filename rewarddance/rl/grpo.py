@@ -2,7 +2,7 @@ r"""GRPO for flow-matching generators (Flow-GRPO, Liu et al. 2025, arXiv 2505.05
 
 **The SDE.** The Euler ODE sampler of a rectified flow is deterministic, so it has no per-step likelihood. Flow-GRPO
 replaces it by an SDE with the same marginals. With :math:`x_\sigma = (1-\sigma)x_0 + \sigma\epsilon` and velocity
-:math:`v = \epsilon - x_0` (see :mod:`rewarddance.rl.schedules`), Tweedie's formula gives the score
+:math:`v = \epsilon - x_0` (see :mod:`rewarddance.models.schedules`), Tweedie's formula gives the score
 
 .. math:: \nabla\log p_\sigma(x) = -\mathbb{E}[\epsilon\mid x]/\sigma = -\frac{x + (1-\sigma)\,v}{\sigma}.
 
@@ -55,9 +55,9 @@ from typing import Literal, cast
 import torch
 from torch import Tensor
 
-from rewarddance.rl._util import RandomSource, as_generator, per_sample, randn, reduce_per_sample
-from rewarddance.rl.denoising import DenoisingContext, PipelineAdapter
-from rewarddance.rl.schedules import PredictionType, predict_x0_ddpm
+from rewarddance.models.adapters import DenoisingContext, GeneratorAdapter
+from rewarddance.models.schedules import PredictionType, per_sample, predict_x0_ddpm
+from rewarddance.models.seeding import RandomSource, as_generator, randn
 
 Reduce = Literal["mean", "sum"]
 """How per-element log-densities and KLs become one number per sample."""
@@ -139,6 +139,16 @@ def ddim_sde_mean_std(
     return mean, std
 
 
+def _reduce_per_sample(values: Tensor, reduce: str) -> Tensor:
+    # Every dimension but the first, so a log-prob or KL is one number per sample.
+    dims = tuple(range(1, values.ndim))
+    if reduce == "mean":
+        return values.mean(dim=dims) if dims else values
+    if reduce == "sum":
+        return values.sum(dim=dims) if dims else values
+    raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+
+
 def gaussian_log_prob(value: Tensor, mean: Tensor, std: Tensor | float, reduce: Reduce = "mean") -> Tensor:
     r"""Per-sample :math:`\log\mathcal N(\text{value}; \text{mean}, \text{std}^2 I)`, reduced over all but the batch dim.
 
@@ -147,7 +157,7 @@ def gaussian_log_prob(value: Tensor, mean: Tensor, std: Tensor | float, reduce: 
     """
     std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
     elements = -((value.detach().to(mean.dtype) - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
-    return reduce_per_sample(elements, reduce)
+    return _reduce_per_sample(elements, reduce)
 
 
 @dataclass
@@ -210,7 +220,7 @@ def transition_kl(mean: Tensor, ref_mean: Tensor, std: Tensor | float, reduce: R
     """
     std = torch.as_tensor(std, dtype=torch.float32, device=mean.device)
     sq = (mean.float() - ref_mean.float()) ** 2 / (2 * std**2)
-    return reduce_per_sample(sq, reduce)
+    return _reduce_per_sample(sq, reduce)
 
 
 def group_advantages(
@@ -390,7 +400,7 @@ def _check_space(context: DenoisingContext) -> None:
 
 
 def _transition(
-    adapter: PipelineAdapter, context: DenoisingContext, latents: Tensor, step: int, noise_level: float
+    adapter: GeneratorAdapter, context: DenoisingContext, latents: Tensor, step: int, noise_level: float
 ) -> tuple[Tensor, Tensor]:
     output = adapter.model_output(latents, step, context)
     if context.space == "vp":
@@ -415,7 +425,7 @@ def default_sde_steps(context: DenoisingContext) -> list[int]:
 
 
 def sample_trajectory(
-    adapter: PipelineAdapter,
+    adapter: GeneratorAdapter,
     context: DenoisingContext,
     latents: Tensor,
     *,
@@ -469,7 +479,7 @@ def sample_trajectory(
     return Trajectory(torch.stack(states, dim=1), torch.stack(log_probs, dim=1), stochastic, noise_level, reduce)
 
 
-def recompute_step(adapter: PipelineAdapter, context: DenoisingContext, trajectory: Trajectory, step: int) -> SDEStep:
+def recompute_step(adapter: GeneratorAdapter, context: DenoisingContext, trajectory: Trajectory, step: int) -> SDEStep:
     """Log-prob of the stored transition ``step -> step + 1`` under the adapter's current denoiser (with gradient).
 
     The PPO ratio is ``exp(result.log_prob - trajectory.log_probs[:, step])``; with the unchanged model and the same

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rewarddance.models.adapters import DenoisingContext, GeneratorAdapter, adapter_for
 from rewarddance.models.generators import Generator
-from rewarddance.rl._util import RandomSource, as_generator
-from rewarddance.rl.denoising import DenoisingContext, PipelineAdapter, adapter_for
-from rewarddance.rl.schedules import predict_x0_ddpm, predict_x0_flow
+from rewarddance.models.schedules import predict_x0_ddpm, predict_x0_flow
+from rewarddance.models.seeding import RandomSource, as_generator
 
 __all__ = [
     "ReFLState",
@@ -120,7 +120,7 @@ class ReFLState:
         timestep: The scheduler timestep of step ``k`` (what the denoiser is called with).
     """
 
-    adapter: PipelineAdapter
+    adapter: GeneratorAdapter
     context: DenoisingContext
     latents: Tensor
     step: int
@@ -128,7 +128,7 @@ class ReFLState:
 
 
 def refl_step_latents(
-    generator: Generator | PipelineAdapter,
+    generator: Generator | GeneratorAdapter,
     prompts: str | Sequence[str],
     step: int,
     *,
@@ -160,7 +160,7 @@ def refl_step_latents(
     Returns:
         The :class:`ReFLState` at step ``step``.
     """
-    adapter = generator if isinstance(generator, PipelineAdapter) else adapter_for(generator)
+    adapter = adapter_for(generator) if isinstance(generator, Generator) else generator
     context = adapter.prepare(
         prompts,
         height=height,
@@ -193,12 +193,12 @@ def refl_predict_x0(state: ReFLState) -> Tensor:
 
 
 def anchor_loss(
-    adapter: PipelineAdapter, context: DenoisingContext, x0: Tensor, step: int, generator: RandomSource = None
+    adapter: GeneratorAdapter, context: DenoisingContext, x0: Tensor, step: int, generator: RandomSource = None
 ) -> Tensor:
     r"""The denoising loss on clean latents: noise ``x0`` to step ``step``, predict it back, mean squared error.
 
     :math:`\lVert \hat x_0(x_k, k) - x_0 \rVert^2` with :math:`x_k` drawn from the family's exact forward process
-    (:meth:`PipelineAdapter.renoise`), written in :math:`x_0` so that one loss serves every parametrisation
+    (:meth:`GeneratorAdapter.renoise`), written in :math:`x_0` so that one loss serves every parametrisation
     (epsilon, v, flow velocity): it is the native loss reweighted per step (for v-prediction by
     :math:`1 - \bar\alpha_k`). Pass a context prepared without guidance (``guidance_scale=1``): the conditional
     denoiser is what pretraining trained.

@@ -50,10 +50,11 @@ from rewarddance.callbacks import check_finite, gradient_norms, task_callbacks
 from rewarddance.data.prompts import PromptItem
 from rewarddance.errors import UsageError
 from rewarddance.metrics import RewardVariance
+from rewarddance.models.adapters import DenoisingContext, PipelineAdapter, adapter_for
+from rewarddance.models.dtypes import resolve_dtype
 from rewarddance.models.generators import Generator, load_generator
 from rewarddance.models.lora import LoraSettings
 from rewarddance.models.pixels import to_pil_images
-from rewarddance.rl.denoising import DenoisingContext, PipelineAdapter, adapter_for
 from rewarddance.rl.diagnostics import detect_reward_hacking, sample_diversity
 from rewarddance.rl.grpo import (
     Trajectory,
@@ -501,7 +502,7 @@ class GeneratorRLTask(L.LightningModule):
     def on_fit_start(self) -> None:
         # Lightning moved the denoiser (the only submodule); the frozen parts follow by hand.
         generator = self._components()
-        cast = {"dtype": getattr(torch, self.hparams.frozen_dtype)} if self.hparams.frozen_dtype else {}
+        cast = {"dtype": resolve_dtype(self.hparams.frozen_dtype)} if self.hparams.frozen_dtype else {}
         for module in (generator.vae, *generator.text_encoders, generator.image_encoder, self._starting_denoiser):
             if module is not None:
                 module.to(device=self.device, **cast)

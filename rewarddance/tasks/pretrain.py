@@ -47,6 +47,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from rewarddance.callbacks import task_callbacks
 from rewarddance.data.schema import Sample
 from rewarddance.models import Backbone, load_backbone
+from rewarddance.models.dtypes import resolve_dtype
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 CAPTION = "caption"
@@ -559,7 +560,7 @@ def export_backbone(task: CaptionPretrainTask, out_dir: str | os.PathLike) -> di
     backbone = task._backbone()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = getattr(torch, task.export_dtype)
+    dtype = resolve_dtype(task.export_dtype)
     state = {k: v.detach().to(dtype) for k, v in backbone.model.state_dict().items()}
     backbone.model.config.dtype = torch.float32
     backbone.model.save_pretrained(out, state_dict=state)

@@ -41,6 +41,6 @@ def visuals() -> list[list[Image.Image]]:
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
-    # tests/conftest.py sets this too; repeated so this folder also runs fast alone (ENV.md: two
-    # threads on a busy 2-core machine are ~10x slower).
+    # tests/conftest.py sets this too; repeated so this folder also runs fast alone: torch's default
+    # of one thread per core oversubscribes the cores when several test processes share a machine.
     torch.set_num_threads(1)

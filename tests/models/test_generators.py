@@ -17,15 +17,13 @@ from rewarddance.models.generators import (
     TINY_PREFIX,
     Generator,
     GeneratorSpec,
-    TinyGeneratorSize,
-    build_tiny_sd15,
     load_generator,
     register_generator,
     resolve_generator,
     sample,
-    train_tiny_clip_tokenizer,
-    train_tiny_t5_tokenizer,
 )
+from rewarddance.models.tiny_generators import TinyGeneratorSize, build_tiny_sd15
+from rewarddance.models.tokenizer import train_tiny_clip_tokenizer, train_tiny_t5_tokenizer
 
 FAMILIES = ["sd15", "sdxl", "sd3", "flux", "wan-t2v", "wan-i2v"]
 needs_ftfy = pytest.mark.skipif(

@@ -12,7 +12,7 @@ from rewarddance.models.generators import Generator, load_generator
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
-    # tests/conftest.py sets this too; repeated so this folder also runs fast alone (ENV.md).
+    # tests/conftest.py sets this too; repeated so this folder also runs fast alone (see tests/models/conftest.py).
     torch.set_num_threads(1)
 
 

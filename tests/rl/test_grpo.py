@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from rewarddance.models.adapters import adapter_for
 from rewarddance.models.generators import Generator, load_generator
-from rewarddance.rl.denoising import adapter_for
 from rewarddance.rl.grpo import (
     ddim_sde_mean_std,
     flow_sde_mean_std,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from rewarddance.models.generators import Generator, _max_sequence_length, load_generator
-from rewarddance.rl.denoising import adapter_for
+from rewarddance.models.adapters import adapter_for
+from rewarddance.models.generators import Generator, default_max_sequence_length, load_generator
 from rewarddance.rl.refl import anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
 from tests.rl.helpers import PROMPTS, SIDE
 
@@ -63,7 +63,7 @@ def _ddim_sd15() -> Generator:
 
 def _final_latents(generator: Generator, seed: int, steps: int) -> torch.Tensor:
     kwargs: dict[str, Any] = {"height": SIDE, "width": SIDE, "num_inference_steps": steps, "output_type": "latent"}
-    if (length := _max_sequence_length(generator.pipeline)) is not None:
+    if (length := default_max_sequence_length(generator.pipeline)) is not None:
         kwargs["max_sequence_length"] = length
     generator.pipeline.set_progress_bar_config(disable=True)
     with torch.no_grad():

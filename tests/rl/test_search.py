@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from rewarddance.inference.search import search_over_paths
+from rewarddance.models.adapters import adapter_for
 from rewarddance.models.generators import Generator
-from rewarddance.rl.denoising import adapter_for
-from rewarddance.rl.schedules import flow_renoise
+from rewarddance.models.schedules import flow_renoise
 from tests.rl.helpers import PROMPTS, SIDE
 
 

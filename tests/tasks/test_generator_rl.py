@@ -17,8 +17,8 @@ from rewarddance.callbacks import NonFiniteError
 from rewarddance.cli import main
 from rewarddance.data.prompts import PromptDataModule, load_prompts
 from rewarddance.judge.reward import RewardModelReward
+from rewarddance.models.adapters import adapter_for
 from rewarddance.models.generators import load_generator
-from rewarddance.rl.denoising import adapter_for
 from rewarddance.rl.rewards import CallableReward, build_reward
 from rewarddance.shapes import TAGS, geneval_prompts, write_geneval_jsonl
 from rewarddance.shapes.rewards import ShapesColorReward, ShapesOracleReward

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
-from rewarddance.models.generators import Generator, _max_sequence_length
-from rewarddance.rl.denoising import DenoisingContext, PipelineAdapter, adapter_for
+from rewarddance.models.adapters import ADAPTERS, DenoisingContext, GeneratorAdapter, PipelineAdapter, adapter_for
+from rewarddance.models.generators import Generator, default_max_sequence_length
 from tests.rl.helpers import PROMPTS, SIDE
 
 FAMILIES = ["sd15", "sdxl", "sd3", "flux", "wan-t2v"]
@@ -29,7 +30,7 @@ def _pipeline_run(generator: Generator, seed: int, **call: Any) -> tuple[torch.T
         return tensors
 
     kwargs: dict[str, Any] = {"height": SIDE, "width": SIDE, "num_inference_steps": STEPS, **call}
-    if (length := _max_sequence_length(generator.pipeline)) is not None:
+    if (length := default_max_sequence_length(generator.pipeline)) is not None:
         kwargs["max_sequence_length"] = length
     generator.pipeline.set_progress_bar_config(disable=True)
     with torch.no_grad():
@@ -111,3 +112,14 @@ def test_unsupported_families_and_arguments(tiny: Callable[[str], Generator]) ->
     adapter, context = _prepare(tiny("sd3"))
     with pytest.raises(ValueError, match="outside"):
         adapter.model_output(torch.zeros(2, 4, 16, 16), STEPS, context)
+
+
+def test_every_registered_adapter_has_the_protocol_signatures() -> None:
+    # RL and search call adapters only through GeneratorAdapter: each method must take the protocol's parameters.
+    methods = [name for name, value in vars(GeneratorAdapter).items() if callable(value) and not name.startswith("_")]
+    assert {"prepare", "initial_latents", "model_output", "predict_x0", "denoise", "renoise", "decode"} <= set(methods)
+    for family in ADAPTERS:
+        adapter = ADAPTERS[family]
+        for name in methods:
+            expected = list(inspect.signature(getattr(GeneratorAdapter, name)).parameters)
+            assert list(inspect.signature(getattr(adapter, name)).parameters) == expected, (family, name)

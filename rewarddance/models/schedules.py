@@ -25,10 +25,22 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rewarddance.rl._util import per_sample
-
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 """What an SD-style UNet predicts (the scheduler's ``config.prediction_type``)."""
+
+
+def per_sample(value: Tensor | float, like: Tensor) -> Tensor:
+    """Broadcast a scalar or a per-sample ``[B]`` value against ``like`` (``[B, ...]``).
+
+    A ``[B]`` tensor becomes ``[B, 1, ..., 1]``; a scalar stays a 0-d tensor. Dtype and device follow
+    ``like``, so the arithmetic that uses the result runs in ``like``'s precision.
+    """
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if value.ndim == 0:
+        return value
+    if value.ndim != 1 or value.shape[0] != like.shape[0]:
+        raise ValueError(f"Expected a scalar or a [{like.shape[0]}] tensor, got shape {tuple(value.shape)}")
+    return value.view(-1, *([1] * (like.ndim - 1)))
 
 
 def _float(x: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rewarddance.rl.schedules import flow_renoise, predict_x0_ddpm, predict_x0_flow, vp_renoise
+from rewarddance.models.schedules import flow_renoise, predict_x0_ddpm, predict_x0_flow, vp_renoise
 
 
 def test_predict_x0_ddpm_epsilon_v_and_sample() -> None:
