@@ -13,7 +13,6 @@ Importing this package registers the image-only processors with ``AutoProcessor`
 folders saved by rewarddance need to load back as processors.
 """
 
-from rewarddance.judge.readout import last_token_logits, yes_no_log_probs, yes_probability
 from rewarddance.models.backbones import (
     BACKBONES,
     TINY_PRESETS,
@@ -24,6 +23,7 @@ from rewarddance.models.backbones import (
     register_backbone,
 )
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, encode, prompt_to_messages, sample_frames
+from rewarddance.models.logits import last_token_logits, yes_no_log_probs, yes_probability
 from rewarddance.models.lora import (
     LANGUAGE_MODEL_LORA_REGEX,
     LoraSettings,

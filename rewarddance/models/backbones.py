@@ -50,8 +50,8 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
-from rewarddance.judge.readout import Normalization, last_token_logits, yes_no_log_probs
 from rewarddance.models.inputs import Message, Visual, encode
+from rewarddance.models.logits import Normalization, last_token_logits, yes_no_log_probs
 from rewarddance.models.processors import (
     InternVLImageOnlyProcessor,
     Qwen2_5_VLImageOnlyProcessor,

@@ -13,12 +13,18 @@ from PIL import Image
 
 from rewarddance.cli import main
 from rewarddance.data.schema import Sample
-from rewarddance.judge.losses import bradley_terry_loss, pointwise_generative_loss, yes_no_cross_entropy
+from rewarddance.judge.losses import (
+    answer_cross_entropy,
+    bradley_terry_loss,
+    judgment_positions,
+    pointwise_generative_loss,
+    rationale_token_loss,
+    yes_no_cross_entropy,
+)
 from rewarddance.judge.prompting import BadInputError, TemplateError, load_template
 from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
 from rewarddance.shapes import build_split
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask
-from rewarddance.tasks.reward import answer_cross_entropy, judgment_positions, rationale_token_loss
 
 ROOT = Path(__file__).parents[2]
 
