@@ -95,7 +95,7 @@ def configure_optimization(
     params: Iterable[Any],
     optimizer: OptimizerFactory | None,
     scheduler: SchedulerFactory | None,
-    trainer: L.Trainer,
+    trainer: L.Trainer | None,
     default_lr: float | None = None,
 ) -> Any:
     """What a task's ``configure_optimizers`` returns: the optimizer, and the scheduler stepped every step.
@@ -104,7 +104,7 @@ def configure_optimization(
         params: Parameters or parameter groups.
         optimizer: The configured optimizer factory; None: AdamW at ``default_lr`` without weight decay.
         scheduler: The configured scheduler factory (sized with :func:`sized_to_budget`); None: none.
-        trainer: The trainer whose step budget sizes the schedule.
+        trainer: The trainer whose step budget sizes the schedule (needed only with a scheduler).
         default_lr: The learning rate of the default AdamW (required when ``optimizer`` is None).
     """
     if optimizer is None:
@@ -115,5 +115,7 @@ def configure_optimization(
         built = optimizer(params)
     if scheduler is None:
         return built
+    if trainer is None:
+        raise ValueError("configure_optimization: a scheduler is sized to the trainer's step budget; pass the trainer")
     sized = sized_to_budget(scheduler(built), trainer)
     return {"optimizer": built, "lr_scheduler": {"scheduler": sized, "interval": "step"}}

@@ -300,7 +300,8 @@ class CaptionPretrainTask(L.LightningModule):
     # -- optimisation --------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        return configure_optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory, self.trainer)
+        trainer = self.trainer if self.scheduler_factory is not None else None  # a task may be used without one
+        return configure_optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory, trainer)
 
     def configure_callbacks(self) -> list[L.Callback]:
         return task_callbacks(self)  # stop on a NaN loss or gradient, in every config

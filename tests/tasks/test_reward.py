@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 from rewarddance.cli import main
 from rewarddance.data.schema import Sample
+from rewarddance.judge.evaluation import manifest_categories
 from rewarddance.judge.losses import (
     answer_cross_entropy,
     bradley_terry_loss,
@@ -253,6 +255,37 @@ def test_subclass_changes_criteria_and_weights_by_one_method(shards):
     batch = task.collate([_pair()])
     terms = task.loss_terms(batch)
     torch.testing.assert_close(task.training_step(batch, 0), 2.0 * terms["pair"])
+
+
+# -- the collator the DataLoader workers get --------------------------------------------------------
+
+
+def test_collator_pickles_without_the_model_and_keeps_the_subclass_hooks():
+    task = StrictColourTask()
+    collator = task.collator
+    blob = pickle.dumps(collator)  # what a worker started with ``spawn`` receives
+    weights = sum(p.numel() * p.element_size() for p in task.parameters())
+    assert len(blob) < weights / 4  # the processor and the template, not the model
+    copy = pickle.loads(blob)
+    samples = [_pair("a", "first"), _pair("b", "tie"), _point("c")]
+    batch, expected = copy(samples), task.collate(samples)
+    assert batch.keys == expected.keys and batch.counts == expected.counts
+    torch.testing.assert_close(batch.inputs["input_ids"], expected.inputs["input_ids"])
+    torch.testing.assert_close(batch.inputs["pixel_values"], expected.inputs["pixel_values"])
+    # The rows come from a copy of the task without weights, with the subclass's criteria.
+    rows = collator.rows(_pair())
+    assert not isinstance(rows, str) and rows.queries[0].criteria == "Only the colours matter."
+    assert not list(collator.rows.__self__.parameters())
+
+
+def test_categories_come_from_the_argument_or_the_manifest(shards):
+    declared = json.loads((Path(shards["val"]) / "manifest.json").read_text())["categories"]
+    assert manifest_categories(shards["val"]) == list(declared) and declared
+    assert manifest_categories([shards["val"], shards["val"]]) == list(declared)
+    assert manifest_categories(str(Path(shards["val"]) / "shard-000000.tar.gz")) == []
+    task = GenerativeRewardTask()
+    assert task.categories_for("validate", "val") == []  # no trainer, no DataModule: every pair is "other"
+    assert GenerativeRewardTask(categories=["x", "y"]).categories_for("test", "test-id") == ["x", "y"]
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
