@@ -278,6 +278,23 @@ def test_collator_pickles_without_the_model_and_keeps_the_subclass_hooks():
     assert not list(collator.rows.__self__.parameters())
 
 
+def test_the_datamodule_hands_the_collator_to_its_workers(shards):
+    import lightning as L
+
+    from rewarddance.data.datamodule import ShardDataModule
+    from rewarddance.judge.batch import RewardBatch, RewardCollator
+
+    task = GenerativeRewardTask()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(task)
+    datamodule = ShardDataModule(train=shards["train"], batch_size=4, num_workers=1, shuffle=False)
+    datamodule.trainer = trainer
+    loader = datamodule.train_dataloader()
+    assert isinstance(loader.dataset.collate_fn, RewardCollator)
+    batch = next(iter(loader))
+    assert isinstance(batch, RewardBatch) and len(batch.keys) + batch.counts.get("points_skipped", 0) == 4
+
+
 def test_categories_come_from_the_argument_or_the_manifest(shards):
     declared = json.loads((Path(shards["val"]) / "manifest.json").read_text())["categories"]
     assert manifest_categories(shards["val"]) == list(declared) and declared
