@@ -1,6 +1,7 @@
 """FSDP2 sharding for the reward tasks, and the Lightning strategy that carries its settings.
 
-Lightning's own ``strategy="fsdp"`` is FSDP1 and refuses CPUs (ENV.md). The FSDP path here is
+Lightning's own ``strategy="fsdp"`` is FSDP1 and refuses CPUs (its accelerator connector raises
+"The strategy `fsdp` requires a GPU accelerator" for ``accelerator="cpu"``, Lightning 2.6). The FSDP path here is
 FSDP2 (``torch.distributed.fsdp.fully_shard``) through Lightning's ``ModelParallelStrategy``: the
 strategy builds a device mesh, and the task's ``configure_model`` shards its modules over it with
 :func:`shard_task`. The same code runs on 2 CPU processes (gloo, the test suite) and on many GPU
@@ -14,8 +15,8 @@ averaged and the ranks would drift apart):
 2. the top transformers model, the root, with everything else: embeddings, LM head (with tied
    embeddings the head's weight *is* the embedding matrix, and FSDP2 wants a shared parameter in
    exactly one unit), patch embedding, projector, final norm. Its hooks run only when the model
-   is called at the top: code that calls the VLM body directly (``model.model(...)``, as
-   ``reward_model.last_hidden_state`` does) must use :func:`last_hidden_state` of this module;
+   is called at the top: code that reads the VLM body directly (``model.model(...)``) must enter
+   a sharded model at the top, as :func:`rewarddance.judge.readout.last_hidden_state` does;
 3. every other child of the task with parameters (the regressive head), as its own root, in fp32.
 
 Mixed precision is FSDP2's: parameters and optimizer states stay fp32 (sharded), each unit
@@ -31,7 +32,6 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -188,26 +188,6 @@ def shard_model(
     # (PEFT calls it through __call__, so its hooks run).
     fully_shard(base, mp_policy=settings.mp_policy(root=True), **common)
     return model
-
-
-def last_hidden_state(model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
-    """``reward_model.last_hidden_state`` for a sharded model: the body's final hidden state at the
-    last position, ``[batch, hidden]``, read by calling the model at the top (so FSDP2's root hooks
-    gather the embeddings and reduce their gradients) with ``logits_to_keep=1`` and a forward hook
-    on the body. Same values; the only extra work is the LM head on one position per row.
-    """
-    base = unwrap_peft(model)
-    captured: list[torch.Tensor] = []
-
-    def keep(module: nn.Module, args: Any, output: Any) -> None:
-        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
-
-    handle = base.model.register_forward_hook(keep)
-    try:
-        model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=1, use_cache=False)
-    finally:
-        handle.remove()
-    return captured[-1][:, -1]
 
 
 def _strategy_settings(task: L.LightningModule) -> ShardSettings:
@@ -435,7 +415,6 @@ __all__ = [
     "ShardSettings",
     "full_state_dict",
     "is_sharded",
-    "last_hidden_state",
     "shard_model",
     "shard_task",
     "transformer_blocks",

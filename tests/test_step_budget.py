@@ -19,7 +19,8 @@ import torch
 import yaml
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from rewarddance.tasks.pretrain import WarmupCosineLR, sized_to_budget
+from rewarddance.optimization import sized_to_budget
+from rewarddance.tasks.pretrain import WarmupCosineLR
 from tests.processes import run_group
 
 ROOT = Path(__file__).resolve().parents[1]

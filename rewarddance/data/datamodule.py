@@ -1,9 +1,11 @@
 """A model-agnostic Lightning DataModule over rewarddance shards.
 
-The task decides how samples become tensors: if the LightningModule attached to the trainer has
-``collate(samples: list[Sample]) -> Any``, batches are built with it (inside the DataLoader
-workers); otherwise with the ``collate_fn`` argument; otherwise a batch is a plain
-``list[Sample]``. The task can also declare what it reads, so the reader skips the rest:
+The task decides how samples become tensors, inside the DataLoader workers: if the LightningModule
+attached to the trainer has a ``collator`` (a callable ``list[Sample] -> Any`` that holds what
+batching needs and not the module, e.g. :class:`rewarddance.judge.batch.RewardCollator`), the
+workers get it; else, if it has a ``collate(samples)`` method, that (the workers then carry the
+module); otherwise the ``collate_fn`` argument; otherwise a batch is a plain ``list[Sample]``. The
+collator is asked for when a loader is made (after the module's ``setup`` and ``configure_model``). The task can also declare what it reads, so the reader skips the rest:
 ``needs_references: bool`` (decode ``Sample.references``) and ``needs_visuals: bool`` (decode
 images at all). Declarations on the module win over the DataModule's ``load_*`` arguments.
 
@@ -75,7 +77,8 @@ class ShardDataModule(L.LightningDataModule):
             ``needs_visuals`` attribute overrides this.
         load_references: Decode reference images. The module's ``needs_references`` attribute
             overrides this.
-        collate_fn: Builds a batch from ``list[Sample]`` when the LightningModule has no ``collate``.
+        collate_fn: Builds a batch from ``list[Sample]`` when the LightningModule has neither a
+            ``collator`` nor a ``collate`` method.
         pin_memory: Passed to the DataLoaders.
         persistent_workers: Keep workers alive between epochs (the epoch still reaches them).
         prefetch_factor: Batches prefetched per worker (only with ``num_workers > 0``).
@@ -179,8 +182,12 @@ class ShardDataModule(L.LightningDataModule):
         return getattr(trainer, "lightning_module", None) if trainer is not None else None
 
     def _collate(self) -> Callable[[list[Sample]], Any] | None:
-        collate = getattr(self._module(), "collate", None)
-        return collate if callable(collate) else self.collate_fn
+        module = self._module()
+        for hook in ("collator", "collate"):
+            collate = getattr(module, hook, None)
+            if callable(collate):
+                return collate
+        return self.collate_fn
 
     def _wants(self) -> tuple[bool, bool]:
         module = self._module()

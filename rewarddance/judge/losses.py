@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+from rewarddance.models.logits import Normalization
 
 
 def yes_no_cross_entropy(yes_logit: torch.Tensor, no_logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -76,3 +79,57 @@ def pair_label_to_target(label: str) -> float:
         return {"first": 0.0, "second": 1.0, "tie": 0.5}[label]
     except KeyError:
         raise ValueError(f"pair label must be 'first', 'second' or 'tie', got {label!r}") from None
+
+
+def answer_cross_entropy(log_probs: Tensor, target: Tensor, normalization: Normalization = "yes_no") -> Tensor:
+    r"""Cross-entropy of the judgment token against a soft target ``t = P(yes)``, per row.
+
+    ``log_probs`` are ``[n, 2]`` log P(yes), log P(no) (see ``rewarddance.judge.readout``).
+
+    - ``yes_no``: :func:`yes_no_cross_entropy`,
+      :math:`-[t \log\sigma(d) + (1-t)\log\sigma(-d)]` with :math:`d = z_{yes} - z_{no}`
+      (the two-token softmax; log P(yes) - log P(no) = d).
+    - ``vocab``: :math:`-[t \log P_V(yes) + (1-t) \log P_V(no)]` over the full vocabulary; for a
+      hard target this is the usual language-model loss on the answer token.
+    """
+    target = target.to(log_probs.dtype)
+    if normalization == "yes_no":
+        return yes_no_cross_entropy(log_probs[:, 0], log_probs[:, 1], target)
+    return -(target * log_probs[:, 0] + (1 - target) * log_probs[:, 1])
+
+
+def judgment_positions(answer_lengths: Tensor, judgment_index: Tensor, kept: int) -> Tensor:
+    """Where each row's judgment token is predicted, among the last ``kept`` answer-predicting logits.
+
+    With left padding every answer ends at the last position; a row's answer of ``n`` tokens
+    occupies slice positions ``kept - n .. kept - 1``. ``judgment_index`` counts within the answer
+    from the start (``0``: judgment first) or, when negative, from the end (``-2``: the judgment
+    before the end-of-turn token, reasons first).
+    """
+    start = kept - answer_lengths
+    return torch.where(judgment_index >= 0, start + judgment_index, kept + judgment_index)
+
+
+def rationale_token_loss(logits: Tensor, labels: Tensor, judgment: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean next-token cross-entropy per row over answer tokens other than the judgment.
+
+    Args:
+        logits: ``[n, K, vocab]`` logits predicting the last ``K`` tokens.
+        labels: ``[n, K]`` those tokens (-100 where not an answer token).
+        judgment: ``[n]`` slice position of each row's judgment token (trained separately, with a
+            soft target).
+
+    Returns:
+        ``(loss [n], token count [n])``; rows without rationale tokens have loss 0 and count 0.
+    """
+    labels = labels.clone()
+    labels[torch.arange(labels.shape[0], device=labels.device), judgment] = -100
+    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    count = (labels != -100).sum(dim=1)
+    return ce.sum(dim=1) / count.clamp_min(1), count
+
+
+def probability_cross_entropy_sum(prob: Tensor, target: Tensor) -> Tensor:
+    """Summed binary cross-entropy of predicted probabilities (clamped to [1e-7, 1 - 1e-7]) against
+    target probabilities: the evaluation loss of P(second better) over a set's pairs."""
+    return F.binary_cross_entropy(prob.float().clamp(1e-7, 1 - 1e-7), target.float(), reduction="sum")

@@ -126,7 +126,7 @@ class RewardModelReward(Reward):
         return {"references/prompts": float(len(self.cache)), "references/hits": float(self.cache.hits)}
 
     def _differentiable(self, images: Tensor, prompts: Sequence[str], references: Tensor | None = None) -> Tensor:
-        from rewarddance.models.pixels import differentiable_rewards
+        from rewarddance.judge.differentiable import differentiable_rewards
 
         return differentiable_rewards(
             self._model(), list(prompts), images, references, criteria=self.criteria, quantize=self.quantize

@@ -15,10 +15,10 @@ Importing this package registers the image-only processors with ``AutoProcessor`
 folders saved by rewarddance need to load back as processors.
 """
 
-from rewarddance.judge.readout import last_token_logits, yes_no_log_probs, yes_probability
 from rewarddance.models.backbones import BACKBONES, Backbone, BackboneSpec, load_backbone, register_backbone
 from rewarddance.models.dtypes import resolve_dtype
 from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, encode, prompt_to_messages, sample_frames
+from rewarddance.models.logits import last_token_logits, yes_no_log_probs, yes_probability
 from rewarddance.models.lora import (
     LANGUAGE_MODEL_LORA_REGEX,
     LoraSettings,

@@ -44,9 +44,9 @@ from transformers import (
 )
 
 from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
-from rewarddance.judge.readout import Normalization, last_token_logits, yes_no_log_probs
 from rewarddance.models.dtypes import resolve_dtype
 from rewarddance.models.inputs import Message, Visual, encode
+from rewarddance.models.logits import Normalization, last_token_logits, yes_no_log_probs
 from rewarddance.models.processors import (
     InternVLImageOnlyProcessor,
     Qwen2_5_VLImageOnlyProcessor,

@@ -2,9 +2,10 @@
 
 ReFL backpropagates the reward into the generator's pixels, so the reward model's image
 preprocessing must be a torch function of the image tensor. The families' processors are PIL/NumPy
-code (``Qwen2VLImageProcessorPil``, ``GotOcr2ImageProcessorPil``: the only ones usable without
-torchvision, which rewarddance does not depend on); :func:`pixel_inputs_from_tensor` re-implements them in torch, and
-:func:`differentiable_rewards` uses it to compute P("yes") with gradients to the images.
+code (``Qwen2VLImageProcessorPil``, ``GotOcr2ImageProcessorPil``: the families' "fast" processors
+need torchvision, which rewarddance does not depend on); :func:`pixel_inputs_from_tensor`
+re-implements them in torch, and :func:`rewarddance.judge.differentiable.differentiable_rewards`
+uses it to compute P("yes") with gradients to the images.
 
 What "the same as the processor" means: the processor sees the PIL image of a ``[0, 1]`` tensor
 (:func:`to_pil_images`: ``round(255 x)`` as uint8) and
@@ -40,34 +41,29 @@ trivial on data-centre GPUs, a few milliseconds where float64 is slow.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import PIL
 import torch
 from PIL import Image
 from torch import Tensor
-from transformers import BatchFeature, ProcessorMixin
+from transformers import ProcessorMixin
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
     GotOcr2ImageProcessorPil,
     get_optimal_tiled_canvas,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
-from rewarddance.judge.readout import Normalization, last_token_logits, yes_no_log_probs
-from rewarddance.models.backbones import Backbone
-
-if TYPE_CHECKING:
-    from rewarddance.judge.reward_model import RewardModel
-
 __all__ = [
-    "differentiable_rewards",
+    "join_pixel_inputs",
+    "per_image_pixel_inputs",
     "pil_resize",
+    "pil_to_tensor",
     "pixel_inputs_from_tensor",
     "to_pil_images",
 ]
@@ -429,7 +425,7 @@ def _image_list(images: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return list(images)
 
 
-def _per_image_pixels(
+def per_image_pixel_inputs(
     processor: Any, images: Tensor | Sequence[Tensor], *, quantize: bool = True
 ) -> list[tuple[Tensor, Tensor | None]]:
     """Per image: its pixel rows (Qwen) or tiles (InternVL), and its ``[1, 3]`` grid (Qwen) or None."""
@@ -453,7 +449,8 @@ def _per_image_pixels(
     return out  # type: ignore[return-value]
 
 
-def _join(per_image: Sequence[tuple[Tensor, Tensor | None]]) -> dict[str, Tensor]:
+def join_pixel_inputs(per_image: Sequence[tuple[Tensor, Tensor | None]]) -> dict[str, Tensor]:
+    """Per-image pixel inputs (:func:`per_image_pixel_inputs`) as one batch's ``pixel_values`` (and ``image_grid_thw``)."""
     pixel_values = torch.cat([p for p, _ in per_image])
     if per_image and per_image[0][1] is not None:
         grids = torch.cat([g for _, g in per_image if g is not None])
@@ -488,7 +485,7 @@ def pixel_inputs_from_tensor(
         TypeError: For an image processor without a differentiable path here.
         ValueError: For images that are not ``[3, H, W]``.
     """
-    return _join(_per_image_pixels(processor, images, quantize=quantize))
+    return join_pixel_inputs(per_image_pixel_inputs(processor, images, quantize=quantize))
 
 
 def to_pil_images(images: Tensor) -> list[Image.Image]:
@@ -503,184 +500,6 @@ def to_pil_images(images: Tensor) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(a), mode="RGB") for a in arrays]
 
 
-def _pil_to_tensor(image: Image.Image) -> Tensor:
+def pil_to_tensor(image: Image.Image) -> Tensor:
     """An RGB PIL image -> ``[3, H, W]`` float in ``[0, 1]``; exact levels/255 (rounding recovers them)."""
     return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).to(torch.float64) / 255.0
-
-
-# --------------------------------------------------------------------------------------------
-# Rewards with gradients to the pixels
-# --------------------------------------------------------------------------------------------
-
-
-class _RecordingProcessor:
-    """Forwards everything to a processor and records the images of its last call.
-
-    The reward model's own encoding path decides which images go where (template order,
-    in-context examples, sampled video frames, truncation retries); recording the flat image
-    list it hands to the processor maps each processor image back to its source tensor without
-    re-implementing that logic.
-    """
-
-    def __init__(self, processor: ProcessorMixin) -> None:
-        self._processor = processor
-        self.images: list[Any] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._processor, name)
-
-    def __call__(self, *args: Any, images: Any = None, **kwargs: Any) -> BatchFeature:
-        self.images = list(images) if images is not None else []
-        return self._processor(*args, images=images, **kwargs)
-
-
-def _placeholders(tensor: Tensor, sources: dict[int, tuple[Tensor, int]]) -> list[Any]:
-    """One blank PIL image (or list of frames) per sample, registered as standing for ``tensor``'s rows."""
-    if tensor.dim() not in (4, 5) or tensor.shape[-3] != 3:
-        raise ValueError(f"Expected images [B, 3, H, W] or videos [B, T, 3, H, W], got shape {tuple(tensor.shape)}")
-    flat = tensor.flatten(0, 1) if tensor.dim() == 5 else tensor
-    height, width = flat.shape[-2:]
-    blanks = []
-    for row in range(flat.shape[0]):
-        blank = Image.new("RGB", (width, height))  # a distinct object per image: mapped back by identity
-        sources[id(blank)] = (flat, row)
-        blanks.append(blank)
-    if tensor.dim() == 5:
-        frames = tensor.shape[1]
-        return [blanks[b * frames : (b + 1) * frames] for b in range(tensor.shape[0])]
-    return blanks
-
-
-def _references(references: Any, sources: dict[int, tuple[Tensor, int]]) -> list[Any] | None:
-    if references is None:
-        return None
-    if isinstance(references, Tensor):
-        return _placeholders(references, sources)
-    out = []
-    for ref in references:
-        if isinstance(ref, Tensor):
-            out.append(_placeholders(ref.unsqueeze(0), sources)[0])
-        else:
-            out.append(ref)  # PIL image or list of PIL frames: processed from the PIL image itself
-    return out
-
-
-def _substituted_pixels(
-    processor: ProcessorMixin,
-    recorded: Sequence[Any],
-    batch: Mapping[str, Any],
-    sources: Mapping[int, tuple[Tensor, int]],
-    quantize: bool,
-    device: torch.device,
-) -> dict[str, Tensor]:
-    """The pixel inputs of the recorded processor images, tensors where they stand for one."""
-    computed: dict[int, list[tuple[Tensor, Tensor | None]]] = {}
-    per_image: list[tuple[Tensor, Tensor | None]] = []
-    for image in recorded:
-        source = sources.get(id(image))
-        if source is None:  # a fixed PIL image (reference, in-context example): no gradient
-            per_image += _per_image_pixels(processor, [_pil_to_tensor(image).to(device)], quantize=quantize)
-            continue
-        tensor, row = source
-        if id(tensor) not in computed:
-            computed[id(tensor)] = _per_image_pixels(processor, tensor, quantize=quantize)
-        per_image.append(computed[id(tensor)][row])
-    pixels = _join(per_image)
-    # The processor ran on same-size placeholders: its shapes and grids must be ours, or the
-    # settings read from the processor are not the ones it used.
-    if tuple(pixels["pixel_values"].shape) != tuple(batch["pixel_values"].shape) or (
-        "image_grid_thw" in batch and not torch.equal(pixels["image_grid_thw"], batch["image_grid_thw"].cpu())
-    ):
-        raise RuntimeError(
-            f"The differentiable pixels ({tuple(pixels['pixel_values'].shape)}) do not line up with the "
-            f"processor's ({tuple(batch['pixel_values'].shape)}): unsupported processor settings."
-        )
-    return pixels
-
-
-def differentiable_rewards(
-    model: RewardModel | Backbone,
-    prompts: Sequence[Any],
-    images: Tensor,
-    references: Tensor | Sequence[Any] | None = None,
-    *,
-    criteria: str | None = None,
-    normalization: Normalization | None = None,
-    quantize: bool = True,
-) -> Tensor:
-    """Rewards with gradients to the image tensor: what ReFL backpropagates into a generator.
-
-    The text side goes through the normal path (templates, chat template, tokenisation, image
-    token counts) with blank PIL placeholders of the images' sizes; the placeholders' pixel inputs
-    are then replaced by :func:`pixel_inputs_from_tensor` of the tensors. The rewards equal
-    :meth:`RewardModel.score` on :func:`to_pil_images` of the same tensors to float tolerance.
-
-    The reward model's parameters get gradients too unless frozen: for ReFL call
-    ``model.backbone.model.requires_grad_(False)`` once (it saves their gradient memory).
-
-    Args:
-        model: An exported :class:`~rewarddance.judge.reward_model.RewardModel` (generative, without
-            reasons-first rationales, or regressive), or a :class:`Backbone`.
-        prompts: RewardModel: the generation prompt of each image. Backbone: each sample's full
-            prompt string (or conversation) with ``<image>`` placeholders, filled by the reference
-            (if given) and then the image.
-        images: ``[B, 3, H, W]`` RGB in ``[0, 1]`` (e.g. decoded latents), or videos as frames
-            ``[B, T, 3, H, W]``; any float dtype and device.
-        references: Pairwise models: each image's reference, as a tensor like ``images`` or a
-            sequence of PIL images (frame lists) and ``[3, H, W]`` tensors.
-        criteria: RewardModel: criteria name or text (default: the exported one).
-        normalization: Backbone: ``"yes_no"`` (default) or ``"vocab"``; a RewardModel uses its own.
-        quantize: See :func:`pixel_inputs_from_tensor`.
-
-    Returns:
-        ``[B]`` float32 rewards on the model's device, differentiable w.r.t. ``images`` (and
-        ``references`` tensors).
-
-    Raises:
-        NotImplementedError: For a reasons-first model (its rationale is generated, not differentiable).
-        RuntimeError: If the processor's settings could not be reproduced.
-    """
-    # Imported here: rewarddance.judge.reward_model imports rewarddance.models, which this module is part of.
-    from rewarddance.judge.prompting import encode_queries
-    from rewarddance.judge.reward_model import RewardModel, last_hidden_state
-
-    sources: dict[int, tuple[Tensor, int]] = {}
-    candidates = _placeholders(images, sources)
-    refs = _references(references, sources)
-    if len(prompts) != len(candidates):
-        raise ValueError(f"Got {len(prompts)} prompts but {len(candidates)} images.")
-
-    if isinstance(model, RewardModel):
-        if model.config.get("rationale_format") == "reasons_first":
-            raise NotImplementedError(
-                "A reasons-first model generates its rationale before the judgment; that step has no "
-                "gradient. Use a judgment-first (or no-rationale) reward model for ReFL."
-            )
-        backbone = model.backbone
-        backbone.model.eval()  # as RewardModel.score: a frozen judge, no dropout
-        recorder = _RecordingProcessor(backbone.processor)
-        queries = model.queries(list(prompts), candidates, refs, criteria)
-        batch, _ = encode_queries(
-            dataclasses.replace(backbone, processor=recorder),
-            model.template,
-            queries,
-            # The regressive baseline has no answer request (its reward is read by the head).
-            rationale_format=model.config["rationale_format"] if model.kind == "generative" else "none",
-            max_length=model.config.get("max_length"),
-        )
-        normalization = model.config.get("normalization")
-    elif isinstance(model, Backbone):
-        backbone = model
-        recorder = _RecordingProcessor(backbone.processor)
-        visuals = [[r, c] for r, c in zip(refs, candidates)] if refs is not None else [[c] for c in candidates]
-        batch = dataclasses.replace(backbone, processor=recorder).encode(list(prompts), visuals)
-    else:
-        raise TypeError(f"Expected a RewardModel or a Backbone, got {type(model).__name__}")
-
-    inputs = dict(batch)
-    inputs.update(_substituted_pixels(backbone.processor, recorder.images, batch, sources, quantize, images.device))
-    if isinstance(model, RewardModel) and model.kind == "regressive":
-        assert model.head is not None
-        return model.head(last_hidden_state(backbone.model, inputs)).float()
-    logits = last_token_logits(backbone.model, inputs)
-    return yes_no_log_probs(logits, backbone.yes_token_id, backbone.no_token_id, normalization or "yes_no")[:, 0].exp()

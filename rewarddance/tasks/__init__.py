@@ -1,4 +1,5 @@
-"""LightningModules ("tasks"): orchestration only; math lives in ``losses.py`` and ``models/``.
+"""LightningModules ("tasks"): they wire data, model and optimiser together and log; the judge's math,
+batches, metrics and export live in :mod:`rewarddance.judge`, the builders in :mod:`rewarddance.models`.
 
 Short class names resolve in YAML (``class_path: GenerativeRewardTask``) through this package.
 """

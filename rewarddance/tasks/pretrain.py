@@ -4,13 +4,16 @@ Real generative reward models start from a pretrained VLM. None can be downloade
 rewarddance is developed, so :class:`CaptionPretrainTask` teaches a random tiny VLM to see the
 shapes world first; the reward tasks then fine-tune the exported folder like any hub checkpoint.
 
-What ENV.md measured shaped the design:
+What was observed while the bundled backbones were developed shaped the design (the runs
+themselves are not kept in this repository; ``data/backbones/*/TRAINING_RECORD.md`` records the
+final ones):
 
 - Questions answered in the same sequence as the caption were solved by copying the caption and
   taught nothing. Here every training sequence is ONE image with ONE task: either
-  ``"Describe the image."`` -> caption, or one visual question -> its short answer.
-- Caption pretraining learned colour and count but not shape or position. Questions are drawn
-  type-balanced (a question type first, then a question of that type), so shape, existence,
+  ``"Describe the image."`` -> caption, or one visual question -> its short answer
+  (:mod:`rewarddance.data.captions`).
+- Caption pretraining alone learned colour and count but not shape or position. Questions are
+  drawn type-balanced (a question type first, then a question of that type), so shape, existence,
   location and yes/no relation questions are as frequent as count questions.
 - Loss and accuracy are on answer tokens only (the prompt is given, not predicted).
 
@@ -24,17 +27,13 @@ Run it with ``python -m rewarddance fit --config configs/pretrain/shapes_vlm_tin
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
 import platform
 import random
-import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,222 +41,25 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 
 from rewarddance.callbacks import task_callbacks
+from rewarddance.data.captions import CAPTION, Sequences, all_sequences, question_type, sample_sequences
 from rewarddance.data.schema import Sample
+from rewarddance.data.stream import ShardStream, resolve_shards
 from rewarddance.models import Backbone, load_backbone
 from rewarddance.models.dtypes import resolve_dtype
-from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
+from rewarddance.models.inputs import IMAGE_PLACEHOLDER
+from rewarddance.optimization import WarmupCosineLR, configure_optimization
 
-CAPTION = "caption"
-"""Type name of the caption task."""
-
-QUESTION_TYPES: tuple[str, ...] = ("color", "count", "shape", "exists", "where", "position", "motion")
-"""Visual question types (see :func:`question_type`); ``position`` is the yes/no relation question."""
-
-_TYPE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("color", re.compile(r"^What colou?r is ")),
-    ("shape", re.compile(r"^What shape is ")),
-    ("count", re.compile(r"^How many ")),
-    ("exists", re.compile(r"^Is there ")),
-    ("where", re.compile(r"^Where is ")),
-    ("position", re.compile(r"^Is the .+ (left of|right of|above|below) the ")),
-    ("motion", re.compile(r"^(Which way is|Is the .+ moving\?)")),
-)
-
-
-def question_type(question: str) -> str:
-    """The type of a shapes-world question (``color``, ``count``, ``shape``, ``exists``, ``where``,
-    ``position``, ``motion``), or ``other``.
-
-    Args:
-        question: A question as written by :func:`rewarddance.shapes.scene_questions`.
-
-    Returns:
-        The type name.
-    """
-    for name, pattern in _TYPE_PATTERNS:
-        if pattern.search(question):
-            return name
-    return "other"
-
-
-@dataclass
-class Sequences:
-    """Text-level training sequences: one image, one prompt, one answer each.
-
-    Attributes:
-        prompts: Prompts with one ``<image>`` placeholder.
-        images: Per sequence, its visuals (one image, or a clip as a list of frames).
-        answers: Target answers (the EOS token is appended by the encoder).
-        types: Task type per sequence (``caption`` or a question type).
-    """
-
-    prompts: list[str] = field(default_factory=list)
-    images: list[list[Any]] = field(default_factory=list)
-    answers: list[str] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-
-    def add(self, sample: Sample, prompt: str, answer: str, kind: str) -> None:
-        """Append one sequence about ``sample``'s image."""
-        clip = sample.image or []
-        # A Clip is a list of frames; a still image is a one-frame clip.
-        if sample.is_video:
-            self.prompts.append(f"{VIDEO_PLACEHOLDER} {prompt}")
-            self.images.append([list(clip)])
-        else:
-            self.prompts.append(f"{IMAGE_PLACEHOLDER} {prompt}")
-            self.images.append([clip[0]])
-        self.answers.append(answer)
-        self.types.append(kind)
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-def all_sequences(samples: Iterable[Sample], include_caption: bool = True) -> Sequences:
-    """Every task of every sample as its own sequence: the caption, then each question (for evaluation).
-
-    Args:
-        samples: Caption samples (``Sample.caption``, ``Sample.qa``); padding repeats are skipped.
-        include_caption: Include the caption task.
-
-    Returns:
-        The sequences.
-    """
-    out = Sequences()
-    for sample in samples:
-        if sample.padding:
-            continue
-        if include_caption and sample.caption:
-            out.add(sample, sample.prompt, sample.caption, CAPTION)
-        for question, answer in sample.qa:
-            out.add(sample, question, answer, question_type(question))
-    return out
-
-
-def sample_sequences(
-    samples: Iterable[Sample],
-    rng: random.Random,
-    caption_fraction: float = 0.25,
-    balance_types: bool = True,
-    sequences_per_sample: int = 1,
-    mixing: Literal["batch", "sample"] = "batch",
-) -> Sequences:
-    """Training sequences: per sample, ``sequences_per_sample`` random tasks, each in its own sequence.
-
-    Args:
-        samples: Caption samples.
-        rng: Source of the random choices.
-        caption_fraction: Probability that a task is the caption (else one visual question).
-        balance_types: Pick a question type uniformly first, then a question of it, so rare types
-            (shape, position) are seen as often as frequent ones (count); else uniform over questions.
-        sequences_per_sample: Tasks drawn per sample (without repeating a task where possible);
-            more than one reuses a decoded image, which is cheap, but its sequences are correlated.
-        mixing: ``batch``: the caption-or-question coin is tossed once per call (one batch), so
-            short question batches are not padded to caption length; ``sample``: once per task.
-
-    Returns:
-        The sequences.
-    """
-    out = Sequences()
-    samples = [s for s in samples if not s.padding]
-    # "batch" mixing decides caption-or-questions once per batch: captions are ~2x longer than
-    # questions and a batch is padded to its longest sequence, so mixing them within a batch
-    # costs ~1.5x compute for the same supervision.
-    whole_batch = rng.random() < caption_fraction if mixing == "batch" else None
-    for sample in samples:
-        tasks: list[tuple[str, str, str]] = [(question_type(q), q, a) for q, a in sample.qa]
-        caption_left = bool(sample.caption)
-        for _ in range(sequences_per_sample):
-            wants_caption = rng.random() < caption_fraction if whole_batch is None else whole_batch
-            if caption_left and (not tasks or wants_caption):
-                out.add(sample, sample.prompt, sample.caption or "", CAPTION)
-                caption_left = False
-                continue
-            if not tasks:
-                break
-            if balance_types:
-                kind = rng.choice(sorted({t[0] for t in tasks}))
-                options = [i for i, t in enumerate(tasks) if t[0] == kind]
-            else:
-                options = list(range(len(tasks)))
-            kind, question, answer = tasks.pop(rng.choice(options))
-            out.add(sample, question, answer, kind)
-    return out
-
-
-class WarmupCosineLR(LambdaLR):
-    """Linear warmup to the optimizer's lr, then cosine decay to ``min_ratio`` times it.
-
-    Args:
-        optimizer: The optimizer (LightningCLI passes it; configure the rest in YAML).
-        warmup_steps: Steps of linear warmup from 0.
-        total_steps: Step at which the cosine reaches its minimum (stays there afterwards); null: the
-            trainer's ``max_steps``, or without one Lightning's estimate from ``max_epochs`` (the task
-            fills it in, see :func:`sized_to_budget`), so overriding ``--trainer.max_steps`` resizes the
-            schedule too.
-        min_ratio: Final lr as a fraction of the peak lr.
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        warmup_steps: int = 200,
-        total_steps: int | None = 10000,
-        min_ratio: float = 0.1,
-    ) -> None:
-        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
-        self.budget: Callable[[], int] | None = None
-        """Where ``total_steps`` comes from when it is None (set by :func:`sized_to_budget`)."""
-        super().__init__(optimizer, self._factor)
-
-    def state_dict(self) -> dict[str, Any]:
-        # LambdaLR saves every attribute; the budget callback holds the trainer, which is no checkpoint content.
-        return {k: v for k, v in super().state_dict().items() if k != "budget"}
-
-    def _factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if step == self.warmup_steps:
-            return 1.0  # the peak, whatever the length: LambdaLR asks for step 0 before any budget is known
-        if self.total_steps is None:
-            if self.budget is None:
-                raise ValueError("WarmupCosineLR: total_steps is null and no trainer budget was given")
-            self.total_steps = self.budget()
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
-
-
-def sized_to_budget(scheduler: Any, trainer: L.Trainer) -> Any:
-    """Give a :class:`WarmupCosineLR` configured without ``total_steps`` the trainer's step budget.
-
-    The budget is ``trainer.max_steps``, or where that is unset (-1) Lightning's estimate from
-    ``max_epochs`` and the batches per epoch. Called by the tasks' ``configure_optimizers``; other
-    schedulers pass through.
-    """
-    if not isinstance(scheduler, WarmupCosineLR) or scheduler.total_steps is not None:
-        return scheduler
-    if trainer.max_steps > 0:
-        scheduler.total_steps = trainer.max_steps
-    else:
-        # The estimate sets up the train loader to count its batches. Asked here, in configure_optimizers, that
-        # would happen before a resumed fit restores the loader's state, which Lightning then skips; so the
-        # scheduler asks on its first decaying step, when training has begun.
-        scheduler.budget = functools.partial(_estimated_steps, trainer)
-    return scheduler
-
-
-def _estimated_steps(trainer: L.Trainer) -> int:
-    steps = trainer.estimated_stepping_batches
-    if not math.isfinite(steps) or steps < 1:  # inf: max_epochs -1; -1: an endless iterable
-        raise ValueError(
-            "WarmupCosineLR without total_steps decays over the training steps, which are unbounded here: "
-            "set trainer.max_steps or the scheduler's total_steps"
-        )
-    return int(steps)
-
+# WarmupCosineLR is re-exported: configs name it rewarddance.tasks.pretrain.WarmupCosineLR.
+__all__ = [
+    "CaptionPretrainTask",
+    "WarmupCosineLR",
+    "answer_correctness",
+    "ask",
+    "evaluate_sequences",
+    "export_backbone",
+]
 
 # --------------------------------------------------------------------------------------------
 # Metrics shared by the task, the export record and the tests
@@ -499,11 +301,8 @@ class CaptionPretrainTask(L.LightningModule):
     # -- optimisation --------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = sized_to_budget(self.scheduler_factory(optimizer), self.trainer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        trainer = self.trainer if self.scheduler_factory is not None else None  # a task may be used without one
+        return configure_optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory, trainer)
 
     def configure_callbacks(self) -> list[L.Callback]:
         return task_callbacks(self)  # stop on a NaN loss or gradient, in every config
@@ -527,8 +326,6 @@ def _eval_sets(task: CaptionPretrainTask) -> dict[str, list[Sample]]:
     datamodule = getattr(task.trainer, "datamodule", None)
     if datamodule is None or task.export_eval_samples <= 0 or getattr(datamodule, "val", None) is None:
         return {}
-    from rewarddance.data.stream import ShardStream, resolve_shards
-
     specs = datamodule.val if isinstance(datamodule.val, dict) else {"val": datamodule.val}
     sets: dict[str, list[Sample]] = {}
     for name, spec in specs.items():

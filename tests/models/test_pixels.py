@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
+from rewarddance.judge.differentiable import differentiable_rewards
 from rewarddance.judge.prompting import Query
 from rewarddance.judge.reward_model import RewardModel
 from rewarddance.models import Backbone, load_backbone
-from rewarddance.models.pixels import differentiable_rewards, pil_resize, pixel_inputs_from_tensor, to_pil_images
+from rewarddance.models.pixels import pil_resize, pixel_inputs_from_tensor, to_pil_images
 from rewarddance.shapes.captions import random_scene
 from rewarddance.shapes.pairs import World
 from rewarddance.tasks import GenerativeRewardTask

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from rewarddance.cli import main
+from rewarddance.data.captions import CAPTION, all_sequences, question_type, sample_sequences
 from rewarddance.models import load_backbone
 from rewarddance.models.backbones import LOCAL_BACKBONES
 from rewarddance.shapes import World, build_split, random_scene
-from rewarddance.tasks.pretrain import CAPTION, all_sequences, ask, question_type, sample_sequences
+from rewarddance.tasks.pretrain import ask
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "pretrain" / "shapes_vlm_tiny.yaml"
@@ -61,7 +62,7 @@ def test_sequences_are_separate_tasks(caption_data: Path) -> None:
         for prompt, answer, kind in zip(seqs.prompts, seqs.answers, seqs.types):
             assert prompt.count("<image>") == 1
             if kind != CAPTION:
-                # One question per sequence, and never the caption next to it (ENV.md: copying).
+                # One question per sequence, and never the caption next to it (the model learns to copy the caption).
                 assert prompt.count("?") == 1 and ":" not in answer
             seen[kind] = seen.get(kind, 0) + 1
     assert {"caption", "color", "count", "shape", "position"} <= set(seen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,19 @@ from PIL import Image
 
 from rewarddance.cli import main
 from rewarddance.data.schema import Sample
-from rewarddance.judge.losses import bradley_terry_loss, pointwise_generative_loss, yes_no_cross_entropy
+from rewarddance.judge.evaluation import manifest_categories
+from rewarddance.judge.losses import (
+    answer_cross_entropy,
+    bradley_terry_loss,
+    judgment_positions,
+    pointwise_generative_loss,
+    rationale_token_loss,
+    yes_no_cross_entropy,
+)
 from rewarddance.judge.prompting import BadInputError, TemplateError, load_template
 from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
 from rewarddance.shapes import build_split
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask
-from rewarddance.tasks.reward import answer_cross_entropy, judgment_positions, rationale_token_loss
 
 ROOT = Path(__file__).parents[2]
 
@@ -247,6 +255,54 @@ def test_subclass_changes_criteria_and_weights_by_one_method(shards):
     batch = task.collate([_pair()])
     terms = task.loss_terms(batch)
     torch.testing.assert_close(task.training_step(batch, 0), 2.0 * terms["pair"])
+
+
+# -- the collator the DataLoader workers get --------------------------------------------------------
+
+
+def test_collator_pickles_without_the_model_and_keeps_the_subclass_hooks():
+    task = StrictColourTask()
+    collator = task.collator
+    blob = pickle.dumps(collator)  # what a worker started with ``spawn`` receives
+    weights = sum(p.numel() * p.element_size() for p in task.parameters())
+    assert len(blob) < weights / 4  # the processor and the template, not the model
+    copy = pickle.loads(blob)
+    samples = [_pair("a", "first"), _pair("b", "tie"), _point("c")]
+    batch, expected = copy(samples), task.collate(samples)
+    assert batch.keys == expected.keys and batch.counts == expected.counts
+    torch.testing.assert_close(batch.inputs["input_ids"], expected.inputs["input_ids"])
+    torch.testing.assert_close(batch.inputs["pixel_values"], expected.inputs["pixel_values"])
+    # The rows come from a copy of the task without weights, with the subclass's criteria.
+    rows = collator.rows(_pair())
+    assert not isinstance(rows, str) and rows.queries[0].criteria == "Only the colours matter."
+    assert not list(collator.rows.__self__.parameters())
+
+
+def test_the_datamodule_hands_the_collator_to_its_workers(shards):
+    import lightning as L
+
+    from rewarddance.data.datamodule import ShardDataModule
+    from rewarddance.judge.batch import RewardBatch, RewardCollator
+
+    task = GenerativeRewardTask()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(task)
+    datamodule = ShardDataModule(train=shards["train"], batch_size=4, num_workers=1, shuffle=False)
+    datamodule.trainer = trainer
+    loader = datamodule.train_dataloader()
+    assert isinstance(loader.dataset.collate_fn, RewardCollator)
+    batch = next(iter(loader))
+    assert isinstance(batch, RewardBatch) and len(batch.keys) + batch.counts.get("points_skipped", 0) == 4
+
+
+def test_categories_come_from_the_argument_or_the_manifest(shards):
+    declared = json.loads((Path(shards["val"]) / "manifest.json").read_text())["categories"]
+    assert manifest_categories(shards["val"]) == list(declared) and declared
+    assert manifest_categories([shards["val"], shards["val"]]) == list(declared)
+    assert manifest_categories(str(Path(shards["val"]) / "shard-000000.tar.gz")) == []
+    task = GenerativeRewardTask()
+    assert task.categories_for("validate", "val") == []  # no trainer, no DataModule: every pair is "other"
+    assert GenerativeRewardTask(categories=["x", "y"]).categories_for("test", "test-id") == ["x", "y"]
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
