@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from rewarddance.callbacks.evaluation import geneval_summary
 from rewarddance.commands.generate import _run, _settings
 from rewarddance.data.prompts import load_prompts
 from rewarddance.models.pixels import to_pil_images
-from rewarddance.shapes.geneval import geneval_summary
 from rewarddance.shapes.oracle import judge_image
 
 

@@ -1,5 +1,6 @@
 """``python -m rewarddance generate`` and ``evaluate``: sample a generator (plain, best-of-N, search over paths)
-and judge it GenEval-style with the shapes oracle."""
+and judge it GenEval-style with the evaluator of the prompts' metadata (the shapes world's pixel oracle, registered
+by its plug-in: :mod:`rewarddance.callbacks.evaluation`)."""
 
 from __future__ import annotations
 
@@ -154,14 +155,14 @@ def evaluate(
         limit: At most this many prompts.
         out: Also write the report to this JSON file.
     """
+    from rewarddance.callbacks.evaluation import format_report, geneval_report, has_geneval_metadata
     from rewarddance.models.pixels import to_pil_images
-    from rewarddance.shapes.geneval import format_report, geneval_report
 
     settings = _settings(mode, n, steps, guidance_scale, size, seed, branch_steps, num_branches, renoise_steps)
     _check(settings, samples_per_prompt, "--samples_per_prompt", reward, limit)
     if out and Path(out).is_dir():
         raise UsageError(f"--out {out!r} is a folder; give the path of the JSON report to write")
-    items = [i for i in _prompt_items(None, prompts, per_tag, limit) if (i.get("metadata") or {}).get("include")]
+    items = [i for i in _prompt_items(None, prompts, per_tag, limit) if has_geneval_metadata(i.get("metadata"))]
     if not items:
         raise UsageError(f"{prompts}: no prompt has GenEval metadata (tag, include) for the oracle to judge")
     images, metadata, nfe = [], [], 0
