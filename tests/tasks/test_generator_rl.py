@@ -35,7 +35,9 @@ FAST = {"num_inference_steps": 4, "eval_every": None}
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
-    torch.set_num_threads(1)  # tests/conftest.py sets it too; repeated so this file runs fast alone (ENV.md)
+    # tests/conftest.py sets it too (two threads on a busy 2-core machine run ~10x slower); repeated so this file
+    # runs fast alone.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
