@@ -167,6 +167,17 @@ class RLEvaluation:
         (image,) = to_pil_images(sample[None])
         return evaluator.judge(image, metadata)
 
+    def summary(self) -> str | None:
+        """First and last evaluation in a line (None before two evaluations)."""
+        evals = self.history
+        if len(evals["step"]) < 2:
+            return None
+        return (
+            f"oracle (fixed val prompts) step {evals['step'][0]:.0f} -> {evals['step'][-1]:.0f}: "
+            f"geneval {evals['geneval'][0]:.3f} -> {evals['geneval'][-1]:.3f}, parts {evals['parts'][0]:.3f} -> "
+            f"{evals['parts'][-1]:.3f}; reward {evals['reward'][0]:.3f} -> {evals['reward'][-1]:.3f}"
+        )
+
     def check_hacking(self, metrics: Mapping[str, float], step: int) -> dict[str, float]:
         """Record an evaluation (``oracle/reward``, ``oracle/geneval``, ``oracle/parts/mean``...) in the history and
         run the reward-hacking check on the series so far (:func:`rewarddance.rl.detect_reward_hacking`).

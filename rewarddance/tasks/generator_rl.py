@@ -463,9 +463,8 @@ class GeneratorRLTask(GeneratorSampling):
         self.evaluation.maybe_evaluate(self)
 
     def on_train_end(self) -> None:
-        self.evaluation.maybe_evaluate(
-            self, force=True
-        )  # the final model, when the last step was not an evaluation step
+        # The final model, when the last step was not an evaluation step.
+        self.evaluation.maybe_evaluate(self, force=True)
 
     # -- plot and checkpoints ----------------------------------------------------------------------------------
 
@@ -489,13 +488,9 @@ class GeneratorRLTask(GeneratorSampling):
                 # Trainer.log_dir is collective under DDP (it broadcasts rank 0's): read on every rank.
                 folder = self.export(Path(self.trainer.log_dir or self.trainer.default_root_dir) / "export")
                 print(f"[rewarddance] tuned generator: {folder}")
-        evals = self.history["eval"]
-        if len(evals["step"]) >= 2:
-            print(
-                f"[rewarddance] oracle (fixed val prompts) step {evals['step'][0]:.0f} -> {evals['step'][-1]:.0f}: "
-                f"geneval {evals['geneval'][0]:.3f} -> {evals['geneval'][-1]:.3f}, parts {evals['parts'][0]:.3f} -> "
-                f"{evals['parts'][-1]:.3f}; reward {evals['reward'][0]:.3f} -> {evals['reward'][-1]:.3f}"
-            )
+        summary = self.evaluation.summary()
+        if summary is not None:
+            print(f"[rewarddance] {summary}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The reward-std window too (torchmetrics keeps metric states out of state_dict): a resumed run's
