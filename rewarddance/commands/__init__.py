@@ -48,8 +48,8 @@ def _generic_commands() -> CommandTree:
 def command_tree() -> CommandTree:
     """The generic commands plus those of the ``rewarddance.commands`` entry points.
 
-    Contributed commands go first in their group, in the order their packages declare them, so the
-    commands that build data are listed before ``data import`` and ``data inspect``.
+    Contributed commands go first in their group, in the order of their entry points (setuptools writes them
+    sorted by name), so the commands that build data are listed before ``data import`` and ``data inspect``.
 
     Raises:
         UsageError: when a contributed command fails to load, names a missing group or takes a used name.
