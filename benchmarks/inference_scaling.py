@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rewarddance.commands.generate import _run, _settings
+from rewarddance.callbacks.evaluation import geneval_summary
+from rewarddance.commands.generate import Sampling, sample_prompts
 from rewarddance.data.prompts import load_prompts
 from rewarddance.models.pixels import to_pil_images
-from rewarddance.shapes.geneval import geneval_summary
 from rewarddance.shapes.oracle import judge_image
 
 
-def judge(generator: str, reward: str | None, items: list[dict[str, Any]], settings: dict[str, Any]) -> dict:
+def judge(generator: str, items: list[dict[str, Any]], sampling: Sampling) -> dict:
     """Sample one image per prompt, judge it: per prompt verdict and parts mean, NFE and judgments per image."""
-    results, judgments = _run(generator, items, 1, settings, reward)
+    results, judgments = sample_prompts(generator, items, 1, sampling)
     correct, parts, nfe = [], [], 0
     for item, result in results:
         (image,) = to_pil_images(result.images)
@@ -88,9 +88,9 @@ def main() -> None:
     rows = []
     for name, extra in runs:
         started = time.perf_counter()
-        settings = {**_settings("plain", 4, args.steps, args.guidance, 64, 777, None, 2, 2), **extra}
         reward = args.reward if extra["mode"] != "plain" else None
-        rows.append((name, judge(args.generator, reward, items, settings), time.perf_counter() - started))
+        sampling = Sampling(reward=reward, steps=args.steps, guidance_scale=args.guidance, size=64, seed=777, **extra)
+        rows.append((name, judge(args.generator, items, sampling), time.perf_counter() - started))
     print(
         f"\n{args.generator}: {len(items)} held-out prompts (shapes:test-id, {per_tag}), 1 image each, "
         f"{args.steps} steps, guidance {args.guidance}; verifier {args.reward}; gains over plain with 95% paired "

@@ -232,9 +232,9 @@ def test_rl_generator_checkpoint_exports_a_pipeline_with_the_adapter(tmp_path):
     from rewarddance.data.prompts import PromptDataModule
     from rewarddance.models.adapters import adapter_for
     from rewarddance.models.generators import load_generator
+    from rewarddance.rl.settings import GeneratorLora
     from rewarddance.shapes import geneval_prompts, write_geneval_jsonl
     from rewarddance.tasks import GeneratorRLTask
-    from rewarddance.tasks.generator_rl import GeneratorLora
 
     prompts = write_geneval_jsonl(tmp_path / "train.jsonl", geneval_prompts(1, split="train", tags=("colors",)))
     task = GeneratorRLTask(

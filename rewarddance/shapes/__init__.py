@@ -11,7 +11,13 @@ degradations), :mod:`.prompts` (GenEval-style prompts, satisfying and violating 
 :mod:`.rules` (GenEval's judging rules), :mod:`.oracle` (pixel detection and verdicts),
 :mod:`.video` (motion prompts, clips, tracking oracle), :mod:`.pairs` (pairs and points),
 :mod:`.captions` (captions and questions), :mod:`.splits` (held-out combinations),
-:mod:`.build` (shards).
+:mod:`.build` (shards), :mod:`.generated` (pairs of a generator's samples), :mod:`.text_image`
+(prompt-render streams for generator pretraining), :mod:`.rewards` (toy and oracle rewards).
+
+It is a plug-in: generic rewarddance never imports it. :mod:`.plugin` registers its rewards, its
+generated prompt sources (``shapes:<split>``, ``shapes-video:<split>``) and its oracle as the
+evaluator of GenEval metadata (:mod:`.evaluation`); its commands (:mod:`.commands`: ``data shapes``,
+``data generated``) are entry points of the ``rewarddance.commands`` group.
 """
 
 from rewarddance.shapes.build import build_caption_split, build_split, sample_rng

@@ -1,8 +1,8 @@
 """Captions and dense visual questions about shapes scenes, for pretraining tiny VLMs.
 
-ENV.md measured that caption pretraining taught colour and count well but shape and relations
-poorly, and that questions answered in the same sequence as the caption were solved by copying
-it. So questions here are many, short and dense on exactly the weak spots (shape of a given
+Earlier caption-pretraining runs of the tiny VLMs learned colour and count well but shape and
+relations poorly, and solved questions answered in the same sequence as the caption by copying it
+(docs/notes.md). So questions here are many, short and dense on exactly the weak spots (shape of a given
 colour, counts per shape, yes/no relations, grid location, motion), with balanced yes/no answers,
 and stored separately from the caption (``Sample.qa``) so a data module can put them in their
 own sequences.

@@ -202,8 +202,8 @@ def relations(box_a: Box, box_b: Box) -> set[str]:
 def default_size_range(canvas: int) -> tuple[float, float]:
     """18-30 px bounding size on a 64 px canvas, scaled with the canvas.
 
-    ENV.md measured that 12-20 px shapes (~2x2 patches of 8 px) were too small for a tiny
-    vision tower to learn shape; 18-30 px gives 2-4 patches across.
+    With 12-20 px shapes (~2x2 patches of 8 px) an earlier tiny vision tower did not learn shape
+    (docs/notes.md); 18-30 px gives 2-4 patches across.
     """
     return (18.0 * canvas / 64, 30.0 * canvas / 64)
 

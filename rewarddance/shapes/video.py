@@ -44,6 +44,7 @@ from rewarddance.shapes.scene import (
 )
 from rewarddance.shapes.splits import (
     HELDOUT_COLOR_SHAPE,
+    SPLIT_IDS,
     allowed_colors,
     color_allowed,
     is_ood,
@@ -95,6 +96,24 @@ def sample_video_prompt(tag: str, rng: np.random.Generator, split: str = "train"
 
 
 # --- scenes -------------------------------------------------------------------------------------
+
+
+def video_geneval_prompts(
+    per_tag: int = 50, *, split: str = "test-id", seed: int = 0, tags: Sequence[str] = VIDEO_TAGS
+) -> list[dict[str, Any]]:
+    """A fixed, deterministic set of distinct motion prompts: up to ``per_tag`` per tag (the ``shapes-video:<split>``
+    prompt source), drawn as :func:`~.prompts.geneval_prompts` draws the still ones, from its own seed stream."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], 7927]))
+    out: list[dict[str, Any]] = []
+    for tag in tags:
+        seen: dict[str, dict[str, Any]] = {}
+        for _ in range(per_tag * 40):
+            meta = sample_video_prompt(tag, rng, split)
+            seen.setdefault(meta["prompt"], meta)
+            if len(seen) >= per_tag:
+                break
+        out.extend(seen[p] for p in sorted(seen))
+    return out
 
 
 def velocity(direction: str, rng: np.random.Generator, canvas: int, frames: int) -> tuple[float, float]:

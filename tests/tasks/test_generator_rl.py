@@ -14,22 +14,19 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from rewarddance.callbacks import NonFiniteError
+from rewarddance.callbacks.rl_evaluation import RewardHackingWarning
 from rewarddance.cli import main
 from rewarddance.data.prompts import PromptDataModule, load_prompts
 from rewarddance.judge.reward import RewardModelReward
 from rewarddance.models.adapters import adapter_for
 from rewarddance.models.generators import load_generator
 from rewarddance.rl.rewards import CallableReward, build_reward
+from rewarddance.rl.settings import GeneratorLora, GRPOSettings
 from rewarddance.shapes import TAGS, geneval_prompts, write_geneval_jsonl
 from rewarddance.shapes.rewards import ShapesColorReward, ShapesOracleReward
 from rewarddance.tasks import GenerativeRewardTask, GeneratorRLTask
 from rewarddance.tasks.generator_pretrain import shapes_scheduler
-from rewarddance.tasks.generator_rl import (
-    GeneratorLora,
-    GRPOSettings,
-    RewardHackingWarning,
-    SampleCollapseWarning,
-)
+from rewarddance.tasks.generator_rl import SampleCollapseWarning
 
 ROOT = Path(__file__).parents[2]
 FAST = {"num_inference_steps": 4, "eval_every": None}
@@ -38,7 +35,9 @@ FAST = {"num_inference_steps": 4, "eval_every": None}
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
-    torch.set_num_threads(1)  # tests/conftest.py sets it too; repeated so this file runs fast alone (ENV.md)
+    # tests/conftest.py sets it too (two threads on a busy 2-core machine run ~10x slower); repeated so this file
+    # runs fast alone.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -307,10 +306,14 @@ def test_oracle_evaluation_logs_per_tag_scores(tmp_path: Path, prompts_jsonl: st
 def test_reward_rising_while_the_oracle_stalls_is_flagged():
     task = GeneratorRLTask(eval_every=10)  # hacking window: 50 steps
     for step, value in [(0, 0.2), (10, 0.3), (20, 0.4)]:  # both rise: fine
-        task.check_hacking({"oracle/reward": value, "oracle/geneval": 0.0, "oracle/parts/mean": value}, step=step)
+        task.evaluation.check_hacking(
+            {"oracle/reward": value, "oracle/geneval": 0.0, "oracle/parts/mean": value}, step=step
+        )
     with pytest.warns(RewardHackingWarning, match="Reward hacking suspected at step 30"):
         # The reward goes on rising, the oracle drops: its fitted trend over the window turns negative.
-        metrics = task.check_hacking({"oracle/reward": 0.5, "oracle/geneval": 0.0, "oracle/parts/mean": 0.1}, step=30)
+        metrics = task.evaluation.check_hacking(
+            {"oracle/reward": 0.5, "oracle/geneval": 0.0, "oracle/parts/mean": 0.1}, step=30
+        )
     assert metrics["hacking/flag"] == 1.0 and metrics["hacking/reward_gain"] == pytest.approx(0.5)
     assert task.history["eval"]["hacking"] == [0.0, 0.0, 0.0, 1.0]
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from rewarddance.callbacks.evaluation import format_report, geneval_report, geneval_summary
 from rewarddance.shapes import evaluate, sample_scene
-from rewarddance.shapes.geneval import format_report, geneval_report, geneval_summary
 from rewarddance.shapes.prompts import geneval_prompts
 from rewarddance.shapes.render import render
 from rewarddance.shapes.splits import prompt_has_heldout
