@@ -429,27 +429,35 @@ def estimate_memory(
     """Estimate the per-GPU memory of one training step from the backbone's config.
 
     Args:
-        backbone: Backbone name (see :func:`describe_backbone`).
-        size: Family size label or tiny preset.
-        strategy: ``ddp`` (replicated) or ``fsdp`` (fully sharded, one unit per layer).
+        backbone: Registry family (``internvl``, ``qwen2.5-vl``...; pick the size with ``size``), a tiny
+            name (``tiny-internvl``), a hub id with a known or cached config, or a folder with a config.json.
+        size: Size label of a family (``8B``; InternVL also 4B and 26B, the paper's sizes) or a tiny
+            preset (``tiny``/``small``).
+        strategy: ``ddp`` (Lightning DDP, a full replica per GPU: configs/trainer/ddp.yaml) or ``fsdp``
+            (rewarddance.distributed.FSDP2Strategy, configs/trainer/fsdp.yaml: parameters, gradients and
+            optimizer state sharded over all GPUs, one unit per decoder layer / vision block).
         gpus: GPUs per node.
         nodes: Nodes.
-        micro_batch_size: Samples per GPU per step (rows the model sees: a pointwise pair is 2 rows).
-        text_tokens: Text tokens per sample (prompt, template, answer).
-        images: Images per sample (2 for pairwise).
-        image_size: Square image side in pixels (Qwen); None: 448 (a tiny model's own size).
-        image_tiles: InternVL 448 px tiles per image (1 without dynamic tiling).
-        precision: ``bf16-mixed``, ``bf16-true`` or ``32-true`` (Lightning's names).
-        lora_rank: LoRA rank on the language model's projections; None: full fine-tuning.
-        activation_checkpointing: Recompute each decoder/vision layer in backward.
-        freeze_vision: Freeze the vision tower (no gradients, no saved vision activations).
-        cpu_offload: FSDP only: keep sharded parameters, gradients and optimizer state on the CPU.
-        logits: ``answer``: logits at ``answer_tokens`` positions (rewarddance reward training);
-            ``full``: every position over the whole vocabulary (cross-entropy pretraining).
-        answer_tokens: Positions whose logits are computed in ``answer`` mode (K + 1 with rationales).
-        attention: ``sdpa`` (flash/memory-efficient kernels) or ``eager`` (stores the score matrix).
-        gpu_memory_gib: Memory per GPU.
-        headroom: Fraction added to the total for fragmentation and temporaries.
+        micro_batch_size: Sequences per GPU per step (a pointwise pair counts as 2).
+        text_tokens: Text tokens per sequence (template, prompt, answer).
+        images: Images per sequence (2 for pairwise comparison).
+        image_size: Square image side in pixels for Qwen families (tokens = (side / 28)^2, Qwen3: /32);
+            default 448, or a tiny model's own size.
+        image_tiles: InternVL 448-pixel tiles per image (256 tokens each; 1 without dynamic tiling).
+        precision: ``bf16-mixed``: fp32 master weights, bf16 compute (DDP: Lightning's autocast;
+            FSDP: FSDP2's bf16 param_dtype with trainer precision 32-true); ``bf16-true``: everything
+            bf16; ``32-true``: everything fp32.
+        lora_rank: LoRA rank on the language model's projections (only adapters train); unset for
+            full fine-tuning.
+        activation_checkpointing: Recompute every decoder/vision layer in the backward pass.
+        freeze_vision: Freeze the vision tower (no gradients or optimizer state, no saved vision activations).
+        cpu_offload: FSDP CPU offload of sharded parameters, gradients and optimizer state.
+        logits: ``answer``: logits at the answer position(s) only, as rewarddance trains reward models;
+            ``full``: every position over the vocabulary (language-model cross-entropy).
+        answer_tokens: Positions with logits in ``answer`` mode (K + 1 when training rationales).
+        attention: ``sdpa`` (flash / memory-efficient kernels, no score matrix) or ``eager``.
+        gpu_memory_gib: Memory per GPU in GiB.
+        headroom: Fraction added to the estimate for fragmentation and temporaries.
         reserved_gib: GiB per GPU unavailable to tensors (CUDA context, NCCL, workspaces).
         kernels: Whose kernels to model where they differ: ``cuda`` (fused dropout keeps a 1-byte
             mask) or ``cpu`` (dropout keeps its noise tensor in the input dtype; used by :func:`validate`).
