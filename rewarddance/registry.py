@@ -1,7 +1,7 @@
 """Named extension points: one :class:`Registry` type for every "look this name up" in the project.
 
-Backbone families, generator families, rewards, dataset importers and prompt sources are each a
-``Registry``: a read-only mapping from a name to what the name builds, extended with ``register``.
+Backbone families, generator families, generator adapters, rewards, dataset importers, prompt sources
+and evaluators are each a ``Registry``: a read-only mapping from a name to what the name builds, extended with ``register``.
 Configs and command lines refer to entries by name; an unknown name is a :class:`UsageError` that
 lists the known ones, so a typo never reaches the hub or a traceback.
 
@@ -10,7 +10,9 @@ point in the ``rewarddance.plugins`` group (a function taking no arguments that 
 entries), and every registry loads the plug-ins once, the first time it is asked for a name it does
 not have or for its list of names. The synthetic shapes world (:mod:`rewarddance.shapes`) is
 registered exactly this way, through this project's own ``pyproject.toml``, so it is also the
-example to follow for a new world, reward or dataset.
+example to follow for a new world, reward or dataset. Commands are the one exception: a plug-in adds
+them through the ``rewarddance.commands`` group, which the command line reads when it builds its
+parser (:mod:`rewarddance.commands`).
 """
 
 from __future__ import annotations
