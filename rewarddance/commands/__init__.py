@@ -15,6 +15,7 @@ from rewarddance.commands.export import export
 from rewarddance.commands.generate import evaluate, generate
 from rewarddance.commands.plan import plan
 from rewarddance.commands.score import score
+from rewarddance.commands.serve import serve
 from rewarddance.data.importers import import_dataset
 
 CommandTree = dict[str, Union[Callable[..., Any], "CommandTree", str]]
@@ -28,6 +29,7 @@ COMMANDS: CommandTree = {
         "inspect": data.inspect,
     },
     "score": score,
+    "serve": serve,
     "export": export,
     "generate": generate,
     "evaluate": evaluate,
