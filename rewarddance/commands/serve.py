@@ -6,7 +6,7 @@ import functools
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rewarddance.errors import BadFileError, UsageError
 
@@ -26,7 +26,7 @@ def serve(
     max_image_bytes: int = 8 * 1024 * 1024,
     max_image_pixels: int = 4096 * 4096,
     request_timeout: float = 60.0,
-    accelerator: str = "auto",
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto",
     dtype: str | None = None,
 ) -> None:
     """Serve a reward model export over HTTP (LitServe): GET /health, POST /score, POST /best_of_n.

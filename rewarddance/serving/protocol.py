@@ -92,8 +92,12 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def decode_image(value: Any, field: str, limits: Limits) -> Image.Image:
+def decode_image(value: Any, field: str, limits: Limits, *, decode: bool = True) -> Image.Image:
     """A base64 PNG/JPEG (optionally a ``data:image/...;base64,`` URL) as an RGB image.
+
+    With ``decode=False`` only the header is read (format and size: every check that can refuse the whole
+    request) and the image is returned undecoded: the API server checks a request that way, and leaves decoding
+    the pixels to the worker.
 
     Raises:
         RequestError: 413 when the image exceeds ``limits`` (the whole request is refused).
@@ -121,6 +125,8 @@ def decode_image(value: Any, field: str, limits: Limits) -> Image.Image:
     width, height = image.size
     if width * height > limits.max_image_pixels:
         raise RequestError(413, f"{field}: the image is {width}x{height}, over {limits.max_image_pixels} pixels")
+    if not decode:
+        return image
     try:
         return image.convert("RGB")
     except Exception as err:  # a truncated or corrupt file fails only when its pixels are read
@@ -141,13 +147,16 @@ def _unknown(fields: Mapping[str, Any], allowed: tuple[str, ...]) -> list[str]:
     return sorted(set(fields) - set(allowed))
 
 
-def parse_score_request(payload: Mapping[str, Any], *, pairwise: bool, limits: Limits) -> list[ScoreItem | str]:
+def parse_score_request(
+    payload: Mapping[str, Any], *, pairwise: bool, limits: Limits, decode: bool = True
+) -> list[ScoreItem | str]:
     """The items of a ``/score`` body, each decoded or replaced by the reason it cannot be scored.
 
     Args:
         payload: The JSON body: ``{"items": [{"prompt", "image", "reference" (pairwise models), "criteria"}]}``.
         pairwise: Whether the model compares each image with a reference (then every item needs one).
         limits: The size bounds.
+        decode: False: check the images' headers only (see :func:`decode_image`).
 
     Raises:
         RequestError: The request as a whole is malformed or too large.
@@ -162,10 +171,10 @@ def parse_score_request(payload: Mapping[str, Any], *, pairwise: bool, limits: L
         raise RequestError(400, "'items' is empty: nothing to score")
     if len(items) > limits.max_items:
         raise RequestError(413, f"{len(items)} items, over the limit of {limits.max_items} per request")
-    return [_score_item(i, item, pairwise, limits) for i, item in enumerate(items)]
+    return [_score_item(i, item, pairwise, limits, decode) for i, item in enumerate(items)]
 
 
-def _score_item(i: int, item: Any, pairwise: bool, limits: Limits) -> ScoreItem | str:
+def _score_item(i: int, item: Any, pairwise: bool, limits: Limits, decode: bool) -> ScoreItem | str:
     where = f"items[{i}]"
     try:
         if not isinstance(item, dict):
@@ -175,23 +184,22 @@ def _score_item(i: int, item: Any, pairwise: bool, limits: Limits) -> ScoreItem 
             raise ValueError(f"unknown fields {extra} (an item has {list(ITEM_FIELDS)})")
         prompt = _text(item.get("prompt"), "prompt", limits, required=True)
         criteria = _text(item.get("criteria"), "criteria", limits, required=False)
-        image = decode_image(item.get("image"), "image", limits)
+        image = decode_image(item.get("image"), "image", limits, decode=decode)
         reference = None
         if pairwise:
             if item.get("reference") is None:
                 raise ValueError("reference: missing; the model is pairwise (P(image better than reference))")
-            reference = decode_image(item["reference"], "reference", limits)
+            reference = decode_image(item["reference"], "reference", limits, decode=decode)
         elif item.get("reference") is not None:
             raise ValueError("reference: given, but the model is pointwise and takes no reference")
-        assert prompt is not None  # required=True
-        return ScoreItem(prompt, image, reference, criteria)
+        return ScoreItem(str(prompt), image, reference, criteria)
     except RequestError as err:
         raise RequestError(err.status, f"{where}.{err.reason}") from err
     except ValueError as err:
         return f"{where}: {err}"
 
 
-def parse_best_of_n_request(payload: Mapping[str, Any], *, limits: Limits) -> BestOfNRequest:
+def parse_best_of_n_request(payload: Mapping[str, Any], *, limits: Limits, decode: bool = True) -> BestOfNRequest:
     """A ``/best_of_n`` body: ``{"prompt", "reference", "candidates": [base64...], "criteria"}``.
 
     The prompt and the reference are shared by every candidate, so a bad one refuses the request (400);
@@ -211,7 +219,7 @@ def parse_best_of_n_request(payload: Mapping[str, Any], *, limits: Limits) -> Be
     try:
         prompt = _text(payload.get("prompt"), "prompt", limits, required=True)
         criteria = _text(payload.get("criteria"), "criteria", limits, required=False)
-        reference = decode_image(payload.get("reference"), "reference", limits)
+        reference = decode_image(payload.get("reference"), "reference", limits, decode=decode)
     except RequestError:
         raise
     except ValueError as err:
@@ -219,13 +227,12 @@ def parse_best_of_n_request(payload: Mapping[str, Any], *, limits: Limits) -> Be
     decoded: list[Image.Image | str] = []
     for i, candidate in enumerate(candidates):
         try:
-            decoded.append(decode_image(candidate, f"candidates[{i}]", limits))
+            decoded.append(decode_image(candidate, f"candidates[{i}]", limits, decode=decode))
         except RequestError:
             raise
         except ValueError as err:
             decoded.append(str(err))
-    assert prompt is not None  # required=True
-    return BestOfNRequest(prompt, reference, decoded, criteria)
+    return BestOfNRequest(str(prompt), reference, decoded, criteria)
 
 
 def encode_image(image: Image.Image, format: str = "PNG") -> str:

@@ -146,20 +146,23 @@ class RewardAPI(ls.LitAPI):
             return
         try:
             payload = parse_json(await request.body())
-            self._parse(request.url.path, payload)
+            # Headers only: the worker decodes the pixels (per-item errors), this process stays light.
+            self._parse(request.url.path, payload, decode=False)
         except RequestError as err:
             raise HTTPException(err.status, err.reason) from err
 
-    def _parse(self, path: str, payload: dict[str, Any]) -> list[ScoreItem | str] | BestOfNRequest:
+    def _parse(
+        self, path: str, payload: dict[str, Any], *, decode: bool = True
+    ) -> list[ScoreItem | str] | BestOfNRequest:
         if path == BEST_OF_N_PATH:
             if not self.pairwise:
                 raise RequestError(
                     400, "the model is pointwise: it scores candidates without a reference; post them to /score"
                 )
-            return parse_best_of_n_request(payload, limits=self.limits)
+            return parse_best_of_n_request(payload, limits=self.limits, decode=decode)
         if "candidates" in payload:
             raise RequestError(400, "a best-of-N body ('candidates'): post it to /best_of_n")
-        return parse_score_request(payload, pairwise=bool(self.pairwise), limits=self.limits)
+        return parse_score_request(payload, pairwise=bool(self.pairwise), limits=self.limits, decode=decode)
 
     # -- the inference worker side -------------------------------------------------------------------------
 
@@ -173,11 +176,15 @@ class RewardAPI(ls.LitAPI):
         # The body is the JSON object authorize() checked already: parsing cannot raise a RequestError here.
         return self._parse(BEST_OF_N_PATH if "candidates" in request else SCORE_PATH, request)
 
-    def batch(self, inputs: list[Any]) -> list[Any]:
-        return inputs
+    def predict(self, x: Any) -> Any:
+        """Score a batch of requests (a list of decoded requests; one answer each), or with ``max_batch_size`` 1,
+        where LitServe passes the decoded request itself, that request (its answer)."""
+        if self.max_batch_size == 1:
+            return self.score_requests([x])[0]
+        return self.score_requests(x)
 
-    def predict(self, requests: list[list[ScoreItem | str] | BestOfNRequest]) -> list[dict[str, list[Any]]]:
-        """Score every request of a batch; each answer lists one reward or error per item, in order."""
+    def score_requests(self, requests: list[list[ScoreItem | str] | BestOfNRequest]) -> list[dict[str, list[Any]]]:
+        """Score every item of several requests together; each answer lists one reward or error per item, in order."""
         answers: list[dict[str, list[Any]]] = []
         pending: list[tuple[int, int, ScoreItem]] = []  # (request, item, decoded item) of all /score requests
         for r, request in enumerate(requests):
@@ -198,9 +205,6 @@ class RewardAPI(ls.LitAPI):
             for (r, i, _), reward, error in zip(entries, rewards, errors):
                 answers[r]["rewards"][i], answers[r]["errors"][i] = reward, error
         return answers
-
-    def unbatch(self, output: list[Any]) -> list[Any]:
-        return output
 
     def encode_response(self, output: dict[str, list[Any]]) -> dict[str, list[Any]]:
         return output

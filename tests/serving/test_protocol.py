@@ -134,3 +134,16 @@ def test_best_of_n_bad_candidate_is_per_item_but_a_bad_reference_refuses_the_req
         parse_best_of_n_request({"prompt": "p", "reference": "@@@", "candidates": [png()]}, limits=LIMITS)
     with pytest.raises(RequestError, match="over the limit"):
         parse_best_of_n_request({"prompt": "p", "reference": png(), "candidates": [png()] * 5}, limits=LIMITS)
+
+
+def test_checking_headers_only_finds_every_request_level_problem_without_decoding():
+    """The API server parses with decode=False: sizes refuse the request; pixels are decoded in the worker."""
+    with pytest.raises(RequestError, match="40x40"):
+        parse_score_request(
+            {"items": [{"prompt": "p", "image": png(size=40)}]}, pairwise=False, limits=LIMITS, decode=False
+        )
+    body = {"items": [{"prompt": "p", "image": truncated_png()}, {"prompt": "p", "image": png()}]}
+    checked = parse_score_request(body, pairwise=False, limits=LIMITS, decode=False)
+    assert all(isinstance(item, ScoreItem) for item in checked)  # a truncated file shows only when decoded
+    decoded = parse_score_request(body, pairwise=False, limits=LIMITS)
+    assert isinstance(decoded[0], str) and "cannot be decoded" in decoded[0] and isinstance(decoded[1], ScoreItem)

@@ -165,3 +165,21 @@ def test_bad_command_lines_fail_before_the_model_loads(tmp_path, capsys):
             main(["serve", "--model", str(tmp_path), *args])
         assert exit_info.value.code == 1
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 4])
+def test_the_api_scores_like_the_model_with_and_without_batching(exports, models, max_batch_size):
+    """LitServe calls predict with a list of requests when batching, and with the request itself without."""
+    api = RewardAPI(exports["pointwise"], max_batch_size=max_batch_size, forward_batch_size=2)
+    api.setup("cpu")
+    shots = images(*COLOURS[:3])
+    bodies = [
+        {"items": [{"prompt": PROMPTS[0], "image": encode_image(shots[0])}, {"prompt": "", "image": "x"}]},
+        {"items": [{"prompt": p, "image": encode_image(im)} for p, im in zip(PROMPTS[1:3], shots[1:3])]},
+    ]
+    requests = [api.decode_request(body) for body in bodies]
+    answers = [api.predict(r) for r in requests] if max_batch_size == 1 else api.predict(api.batch(requests))
+    rewards = [answers[0]["rewards"][0], *answers[1]["rewards"]]
+    assert answers[0]["rewards"][1] is None and "prompt" in answers[0]["errors"][1]
+    expected = models["pointwise"].score(PROMPTS[:3], shots)
+    torch.testing.assert_close(torch.tensor(rewards), expected, atol=1e-5, rtol=1e-4)
