@@ -13,6 +13,9 @@ A tiny pointwise reward model is exported (the shapes tiny Qwen2-VL; 64 px image
    diffusion sampler) and rewards it in-process (``RewardModel.score`` on the same 8-bit images, and the
    differentiable ``reward_model`` reward), with :class:`RemoteReward` blocking, and with ``submit`` overlapping
    the next step's sampling. Reported: identical rewards (largest difference) and seconds per step.
+   With ``--rl-fit-steps N`` (from the repository root: it uses the bundled generator and reward model), also a
+   real GRPO run (``configs/rl/shapes_grpo.yaml``, best-of-4 references) served and in-process: per-step
+   ``train/reward`` of both, and the wall time of each fit.
 3. Faults, counted: >= 10 kinds of malformed request (each answered 4xx, or a null reward with its reason per bad
    item) sent while good requests run, whose rewards must all still be right; a slow proxy that makes the first
    attempt of each request time out (the client retries); the server killed with SIGKILL mid-run and restarted
@@ -186,13 +189,61 @@ def rl_loop(url: str, folder: Path, model, steps: int, batch: int, sample_second
     }
 
 
+# -- 2b. a real GRPO run ---------------------------------------------------------------------------------
+
+
+def rl_fit(steps: int, root: Path) -> dict:
+    """``fit --config configs/rl/shapes_grpo.yaml`` for ``steps`` steps with the bundled pairwise reward model, once
+    served (``remote``) and once in-process (``reward_model``), best-of-4 top-1 references; the per-step
+    ``train/reward`` of the two runs are compared."""
+    import csv
+    import subprocess
+    import sys
+
+    model = "data/reward_models/shapes-rm-pairwise"
+    common = [
+        sys.executable, "-m", "rewarddance", "fit", "--config", "configs/rl/shapes_grpo.yaml",
+        "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1", "--model.init_args.eval_every", "1000",
+        "--data.init_args.per_tag", "2", "--data.init_args.val_per_tag", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "REWARDDANCE_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
+    out: dict[str, object] = {"steps": steps}
+    rewards: dict[str, list[float]] = {}
+    server = ServerProcess(model, api_key=KEY, log=root / "rl_server.log", args=["--accelerator", "cpu"])
+    arms = {
+        "remote": {"kind": "remote", "url": server.url, "best_of_n": 4, "top_k": 1},
+        "in_process": {"kind": "reward_model", "path": model, "best_of_n": 4, "top_k": 1},
+    }
+    for arm, reward in arms.items():
+        folder = root / f"rl_{arm}"
+        if arm == "remote":
+            server.start()
+            server.wait_ready(READY_TIMEOUT)
+        started = time.perf_counter()
+        command = [*common, "--trainer.default_root_dir", str(folder), "--trainer.logger.init_args.save_dir",
+                   str(folder), "--model.init_args.reward", json.dumps(reward)]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+        out[f"{arm}_fit_seconds"] = round(time.perf_counter() - started, 1)
+        if arm == "remote":
+            server.stop()
+        if done.returncode != 0:
+            return {**out, "error": f"{arm} fit failed: {done.stderr[-800:]}"}
+        with open(folder / "version_0" / "metrics.csv") as metrics:
+            rows = list(csv.DictReader(metrics))
+        rewards[arm] = [float(r["train/reward"]) for r in rows if r.get("train/reward")]
+    out["train_reward_remote"] = rewards["remote"]
+    out["train_reward_in_process"] = rewards["in_process"]
+    out["max_abs_diff"] = max(abs(a - b) for a, b in zip(rewards["remote"], rewards["in_process"]))
+    return out
+
+
 # -- 3. faults ---------------------------------------------------------------------------------------------
 
 
 def malformed_requests(url: str, model) -> dict:
     good_image = to_pil_images(sample_images(1, seed=7))[0]
     good = {"prompt": PROMPTS[0], "image": encode_image(good_image)}
-    big = Image.effect_noise((600, 600), 64).convert("RGB")  # over --max_image_pixels 262144
+    big = Image.new("RGB", (600, 600), "gray")  # over --max_image_pixels 262144, yet a few KB as PNG
     gif, truncated = io.BytesIO(), base64.b64decode(encode_image(good_image))
     Image.new("RGB", (8, 8)).save(gif, format="GIF")
     bad_requests = {
@@ -371,6 +422,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16, help="images per RL step")
     parser.add_argument("--sample-seconds", type=float, default=0.5)
+    parser.add_argument("--rl-fit-steps", type=int, default=0, help="also a real GRPO run, remote vs in-process")
     parser.add_argument("--out", type=str, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -422,6 +474,9 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
+        if args.rl_fit_steps:
+            results["rl_fit"] = rl_fit(args.rl_fit_steps, root)
+            print("rl_fit", results["rl_fit"], flush=True)
     results["load_average_at_end"] = os.getloadavg()
     print(json.dumps(results, indent=2, default=str))
     if args.out:

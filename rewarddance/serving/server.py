@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import json
 import logging
 import os
 import warnings
@@ -30,10 +31,10 @@ from typing import Any
 
 import litserve as ls
 import torch
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from litserve.server import RegularRequestHandler
 
-from rewarddance.judge.reward_model import RewardModel
+from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
 from rewarddance.serving.protocol import (
     BestOfNRequest,
     Limits,
@@ -118,10 +119,6 @@ class RewardAPI(ls.LitAPI):
 
     def check_export(self) -> dict[str, Any]:
         """Read the export's config (cheap: no weights) so the API server knows the paradigm; returns it."""
-        import json
-
-        from rewarddance.judge.reward_model import EXPORT_CONFIG
-
         path = Path(self.model_dir) / EXPORT_CONFIG
         if not path.is_file():
             raise FileNotFoundError(f"{self.model_dir} has no {EXPORT_CONFIG}: not a rewarddance reward model export")
@@ -265,8 +262,6 @@ def build_server(api: RewardAPI, *, timeout: float = 60.0, accelerator: str = "a
         timeout: Seconds a request may wait for its answer before LitServe answers 504.
         accelerator: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``.
     """
-    from fastapi import Depends
-
     config = api.check_export()
     server = ls.LitServer(
         api,
