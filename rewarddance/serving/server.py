@@ -216,9 +216,9 @@ class RewardAPI(ls.LitAPI):
         try:
             rewards = model.score(prompts, images, references, criteria=criteria, batch_size=self.forward_batch_size)
             return [float(x) for x in rewards], [None] * len(items)
-        except Exception:
-            if len(items) == 1:
-                raise
+        except Exception as err:
+            if len(items) == 1:  # an error raised from predict would fail every request of the LitServe batch
+                return [None], [f"the model could not score this item: {type(err).__name__}: {err}"]
         # Some item breaks the batch (a criteria name the template lacks, an image the processor refuses): score
         # each alone so the others still get their rewards.
         out: list[float | None] = []

@@ -183,3 +183,32 @@ def test_the_api_scores_like_the_model_with_and_without_batching(exports, models
     assert answers[0]["rewards"][1] is None and "prompt" in answers[0]["errors"][1]
     expected = models["pointwise"].score(PROMPTS[:3], shots)
     torch.testing.assert_close(torch.tensor(rewards), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_an_item_the_model_cannot_score_fails_alone(exports, models, monkeypatch):
+    api = RewardAPI(exports["pointwise"], max_batch_size=4)
+    api.setup("cpu")
+    real_score = api.reward_model.score
+
+    def score(prompts, *args, **kwargs):  # the model raises on one item, as on an input its processor refuses
+        if "boom" in prompts:
+            raise RuntimeError("cannot process boom")
+        return real_score(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(api.reward_model, "score", score)
+    shots = images("red", "blue")
+    bodies = [
+        {
+            "items": [
+                {"prompt": PROMPTS[0], "image": encode_image(shots[0])},
+                {"prompt": "boom", "image": encode_image(shots[0])},
+            ]
+        },
+        {"items": [{"prompt": PROMPTS[1], "image": encode_image(shots[1])}]},
+    ]
+    answers = api.predict([api.decode_request(body) for body in bodies])
+    assert answers[0]["rewards"][1] is None and "cannot process boom" in answers[0]["errors"][1]
+    expected = models["pointwise"].score(PROMPTS[:2], shots)
+    torch.testing.assert_close(
+        torch.tensor([answers[0]["rewards"][0], answers[1]["rewards"][0]]), expected, atol=1e-5, rtol=1e-4
+    )
