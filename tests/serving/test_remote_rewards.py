@@ -123,3 +123,24 @@ def test_openai_reward_without_the_answer_words_is_an_error():
         reward = OpenAIReward(url, "judge", retries=0)
         with pytest.raises(RemoteRewardError, match=r"image 0\).*neither 'yes' nor 'no'"):
             reward(batch(1), ["p"], [{}])
+
+
+def test_pairwise_remote_reward_judges_each_image_against_its_prompts_references(servers, models, monkeypatch):
+    from .conftest import API_KEY
+
+    monkeypatch.setenv("REWARDDANCE_API_KEY", API_KEY)
+    reward = build_reward({"kind": "remote", "url": servers["pairwise"].url, "best_of_n": 3, "top_k": 2})
+    reward.setup(sampler=lambda prompt, n, seed: batch(n, seed=seed % 1000))
+    assert reward.needs_references
+    prompts = ["a red circle", "a white star", "a red circle"]
+    reward.prepare(prompts, [{}] * 3)
+    images = batch(3, seed=5)
+    rewards = reward(images, prompts, [{}] * 3)
+    model = models["pairwise"]
+    candidates = to_pil_images(images)
+    expected = []
+    for prompt, candidate in zip(prompts, candidates):
+        references = to_pil_images(reward.references(prompt).references)
+        expected.append(model.score([prompt] * 2, [candidate] * 2, references).mean())
+    torch.testing.assert_close(rewards, torch.stack(expected), atol=1e-5, rtol=1e-4)
+    assert reward.log_values()["references/prompts"] == 2
