@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "planning": 5,
     "distributed": 5,
     "callbacks": 5,
+    "serving": 5,
     "tasks": 6,
     "commands": 7,
     "cli": 8,

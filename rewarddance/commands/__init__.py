@@ -21,6 +21,7 @@ from rewarddance.commands.export import export
 from rewarddance.commands.generate import evaluate, generate
 from rewarddance.commands.plan import plan
 from rewarddance.commands.score import score
+from rewarddance.commands.serve import serve
 from rewarddance.data.importers import import_dataset
 from rewarddance.errors import UsageError
 
@@ -38,6 +39,7 @@ def _generic_commands() -> CommandTree:
             "inspect": data.inspect,
         },
         "score": score,
+        "serve": serve,
         "export": export,
         "generate": generate,
         "evaluate": evaluate,
