@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from rewarddance.judge.reward_model import RewardModel, generative_log_probs
+from rewarddance.judge.readout import generative_log_probs
+from rewarddance.judge.reward_model import RewardModel
 
 Handler = Callable[[str, dict[str, Any]], tuple[int, Any]]
 
