@@ -5,6 +5,15 @@ plus ``rewarddance_reward.json`` (:data:`EXPORT_CONFIG`), which records how the 
 to be asked: paradigm, template (name and full text), normalisation, rationale format, answer
 words and backbone; a regressive model adds its head (:data:`HEAD_WEIGHTS`), a model with
 in-context examples their images and records (:data:`EXAMPLES_DIR`).
+
+The folder also loads without rewarddance. Its processor files name the upstream transformers
+classes (:func:`rewarddance.models.processors.write_upstream_processor_files`), and
+``rewarddance_reward.json`` carries the judging question as data under ``"query"``
+(:func:`portable_query`): chat messages with ``{prompt}`` where the generation prompt goes, what
+each image item shows, and how the reward is read. A client fills the prompt, applies the
+processor's chat template with the generation prompt, runs the model and reads the next-token
+logits of the yes and no tokens; the result equals :meth:`RewardModel.score` (tested in
+``tests/judge/test_portable_export.py``, which does it in a process that never imports rewarddance).
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from rewarddance.judge.prompting import Query
+from rewarddance.judge.prompting import Query, Template, render_conversation
 from rewarddance.judge.readout import RewardHead
 from rewarddance.models import Backbone
+from rewarddance.models.inputs import prompt_to_messages
+from rewarddance.models.processors import write_upstream_processor_files
 
 EXPORT_CONFIG = "rewarddance_reward.json"
 """Name of the file that makes a Hugging Face folder a rewarddance reward model."""
@@ -96,6 +107,90 @@ def examples_from_json(records: Mapping[str, Sequence[Mapping[str, Any]]], folde
     }
 
 
+PROMPT_FIELD = "{prompt}"
+"""Where a client puts the generation prompt in the text items of the exported ``query`` messages."""
+
+PROMPT_REPLACEMENTS = {"<image>": "(image)", "<video>": "(video)"}
+"""What a client replaces in a generation prompt before filling it in (then it strips spaces): user
+text must not create image slots. The same replacement ``rewarddance.judge.prompting`` makes."""
+
+
+def portable_query(
+    config: Mapping[str, Any],
+    backbone: Backbone,
+    examples: Mapping[str, Sequence[Query]] | None = None,
+    example_records: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The judging question of an export as data a client without rewarddance can fill.
+
+    The question is rendered once, by the very functions :meth:`RewardModel.score` uses, with
+    :data:`PROMPT_FIELD` as the prompt and stand-in images, for the model's default criteria; the
+    result is split into chat messages with ``{"type": "image"}`` items. ``images`` names, for each
+    image item in order, what goes there: ``reference`` and ``candidate`` (pairwise), ``image``
+    (pointwise), or the file of an in-context example under the export folder.
+
+    Not covered (rewarddance handles them; a client would have to redo them): a video to judge
+    (rewarddance passes its sampled frames as consecutive image items), other criteria than the default, prompt truncation at ``max_length``,
+    and the readout of reasons-first models (after a generated rationale) and regressive models
+    (the head in ``reward_head.pt``); ``readout.kind`` says which reading applies.
+    """
+    template = Template.from_dict(config["template"], source=EXPORT_CONFIG)
+    pairwise = config["kind"] == "generative" and config["paradigm"] == "pairwise"
+    question = "pairwise" if pairwise else "pointwise"
+    criteria, _ = template.criteria_text(config.get("criteria"))
+    stand_ins = [Image.new("RGB", (1, 1)) for _ in range(2 if pairwise else 1)]
+    labels: dict[int, list[str]] = {
+        id(v): [name] for v, name in zip(stand_ins, ["reference", "candidate"] if pairwise else ["image"])
+    }
+    shown = list((examples or {}).get(question, []))
+    for example, record in zip(shown, (example_records or {}).get(question, [])):
+        for visual, item in zip(example.visuals, record["visuals"]):
+            labels[id(visual)] = [f"{EXAMPLES_DIR}/{name}" for name in item["frames"]]
+    query = Query(question, PROMPT_FIELD, stand_ins, criteria, examples=shown, key="portable-query")
+    rendered, visuals = render_conversation(template, query, config["rationale_format"])
+    chat = prompt_to_messages(rendered, visuals) if isinstance(rendered, str) else rendered
+    # A video example becomes one image item per frame, as rewarddance feeds video to every family.
+    remaining = iter(visuals)
+    messages: list[dict[str, Any]] = []
+    images: list[str] = []
+    for message in chat:
+        if isinstance(message["content"], str):
+            messages.append(dict(message))
+            continue
+        content: list[dict[str, Any]] = []
+        for item in message["content"]:
+            if item["type"] in ("image", "video"):
+                files = labels[id(next(remaining))]
+                content += [{"type": "image"}] * len(files)
+                images += files
+            else:
+                content.append(dict(item))
+        messages.append({**message, "content": content})
+    if config["kind"] == "regressive":
+        readout = "regressive_head"
+    elif config["rationale_format"] == "reasons_first":
+        readout = "after_generated_rationale"
+    else:
+        readout = "next_token"
+    return {
+        "question": question,
+        "messages": messages,
+        "images": images,
+        "prompt_field": PROMPT_FIELD,
+        "prompt_replacements": dict(PROMPT_REPLACEMENTS),
+        "criteria": criteria,
+        "add_generation_prompt": True,
+        "readout": {
+            "kind": readout,
+            "yes_token_id": backbone.yes_token_id,
+            "no_token_id": backbone.no_token_id,
+            "normalization": config.get("normalization", "yes_no"),
+            "reward": "yes_no: softmax over the [yes, no] logits at the last position, take yes; "
+            "vocab: softmax over the whole vocabulary at the last position, take yes",
+        },
+    }
+
+
 def export_reward_model(
     folder: str | os.PathLike,
     backbone: Backbone,
@@ -120,10 +215,12 @@ def export_reward_model(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     backbone.save_pretrained(folder)
+    write_upstream_processor_files(folder, backbone.model.config.model_type)
     record = {"format": "rewarddance-reward", "version": EXPORT_VERSION, **config}
     if head is not None:
         torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, folder / HEAD_WEIGHTS)
     if examples and any(examples.values()):
         record["examples"] = examples_to_json(examples, folder / EXAMPLES_DIR)
+    record["query"] = portable_query(record, backbone, examples, record.get("examples"))
     (folder / EXPORT_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     return folder

@@ -45,7 +45,7 @@ from diffusers import (
 )
 from diffusers.utils import deprecation_utils
 from PIL import Image
-from transformers import T5Tokenizer
+from transformers import PreTrainedModel, T5Tokenizer
 
 from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
 from rewarddance.models.dtypes import resolve_dtype
@@ -305,8 +305,35 @@ class Generator:
         return tuple(c for c in (getattr(self.pipeline, n, None) for n in names) if c is not None)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Save the pipeline to a folder that :func:`load_generator` reads back (a diffusers folder)."""
-        self.pipeline.save_pretrained(path)
+        """Save the pipeline to a folder that :func:`load_generator` reads back (a diffusers folder).
+
+        The folder also samples with a plain ``DiffusionPipeline.from_pretrained(path)``; see
+        :func:`save_pipeline`.
+        """
+        save_pipeline(self.pipeline, path)
+
+
+def save_pipeline(pipeline: DiffusionPipeline, path: str | os.PathLike) -> None:
+    """Save a diffusers pipeline so that a plain ``DiffusionPipeline.from_pretrained(path)`` samples with it.
+
+    Without a dtype argument diffusers loads its own models (UNet, transformer, VAE) as float32,
+    whatever their stored dtype, but transformers loads a text encoder in its stored dtype: a
+    float16 text encoder beside an upcast UNet fails with "Half and Float". Text encoders are
+    therefore written in float32 (the live pipeline keeps its dtypes); the diffusers models keep
+    theirs, which halves a float16 bundle at no cost to a plain load.
+    """
+    lowered = {
+        name: component.dtype
+        for name, component in pipeline.components.items()
+        if isinstance(component, PreTrainedModel) and component.dtype in (torch.float16, torch.bfloat16)
+    }
+    try:
+        for name in lowered:
+            pipeline.components[name].to(torch.float32)
+        pipeline.save_pretrained(path)
+    finally:
+        for name, dtype in lowered.items():  # float16/bfloat16 -> float32 -> back is exact
+            pipeline.components[name].to(dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ tokenizer; :func:`ensure_processor` turns that into a clear error.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from transformers import (
@@ -114,6 +117,60 @@ _CONFIGS: dict[str, type] = {
     "qwen3_vl": Qwen3VLConfig,
     "internvl": InternVLConfig,
 }
+
+
+UPSTREAM_VIDEO_PROCESSORS: dict[str, str] = {
+    "qwen2_vl": "Qwen2VLVideoProcessor",
+    "qwen2_5_vl": "Qwen2VLVideoProcessor",
+    "qwen3_vl": "Qwen3VLVideoProcessor",
+}
+"""The video processor the upstream processor of each portable family loads (read from transformers 5.25's
+``video_processing_auto`` mapping; written by name because without torchvision that mapping holds None)."""
+
+_SHARED_VIDEO_SETTINGS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std")
+
+
+def write_upstream_processor_files(folder: str | os.PathLike, model_type: str) -> bool:
+    """Rewrite a saved image-only processor as the upstream processor, so plain transformers loads it.
+
+    ``save_pretrained`` of an image-only subclass names that subclass in ``processor_config.json``;
+    a process without rewarddance cannot resolve the name and ``AutoProcessor`` silently returns a
+    bare tokenizer. The upstream layout, as hub checkpoints ship it: ``processor_class`` is the
+    upstream class, the image processor is named by its PIL class (the one rewarddance itself
+    runs without torchvision), and ``video_preprocessor_config.json`` holds the video processor the
+    upstream ``__init__`` requires (building it needs torchvision, as for any hub Qwen-VL folder).
+    rewarddance loads such a folder with its image-only class all the same (``load_backbone``
+    calls that class's ``from_pretrained``, whatever the file names).
+
+    Families whose image-only class keeps settings the upstream class does not know (InternVL's
+    per-instance ``crop_to_patches``) are left as saved: an upstream load would silently tile.
+
+    Args:
+        folder: A folder the backbone's processor was just saved to.
+        model_type: The transformers ``model_type`` of the backbone (``config.model_type``).
+
+    Returns:
+        True if the files were rewritten, False for a family left as saved.
+    """
+    if model_type not in UPSTREAM_VIDEO_PROCESSORS:
+        return False
+    folder = Path(folder)
+    path = folder / "processor_config.json"
+    config = json.loads(path.read_text())
+    upstream = IMAGE_ONLY_PROCESSORS[model_type].__mro__[1].__name__
+    image = config.get("image_processor")
+    if not isinstance(image, dict):
+        raise ValueError(f"{path}: no image_processor section to rewrite (saved by another transformers release?)")
+    pil_name = type_name = image.get("image_processor_type", "")
+    if not type_name.endswith("Pil"):
+        pil_name = f"{type_name}Pil"
+    config["processor_class"] = upstream
+    config["image_processor"] = {**image, "image_processor_type": pil_name}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    video = {k: image[k] for k in _SHARED_VIDEO_SETTINGS if k in image}
+    video.update(video_processor_type=UPSTREAM_VIDEO_PROCESSORS[model_type], processor_class=upstream)
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2, sort_keys=True) + "\n")
+    return True
 
 
 def register_processors() -> None:

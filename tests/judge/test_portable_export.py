@@ -1,0 +1,100 @@
+"""A reward-model export loads and scores in plain transformers, in a process that never imports rewarddance.
+
+The client (``plain_transformers_client.py``) builds each query from the exported files alone:
+``rewarddance_reward.json``'s ``query`` section, the processor files and the chat template. Its rewards
+must equal ``RewardModel.score`` on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rewarddance.judge.prompting import Query
+from rewarddance.judge.reward_model import RewardModel
+from rewarddance.tasks import GenerativeRewardTask
+
+CLIENT = Path(__file__).with_name("plain_transformers_client.py")
+# "<image>" in user text must not open an image slot; the client replaces it as the export says.
+PROMPTS = ["a red circle", "  two <image> squares above a green triangle "]
+
+
+def _noise(seed: int, width: int, height: int) -> Image.Image:
+    # Sides that are multiples of patch * merge (16): no resize, so the PIL and torchvision image
+    # processors (the client uses whichever transformers picks) see the same pixels.
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _plain_rewards(folder: Path, requests: list[dict], tmp_path: Path) -> dict:
+    requests_path, out_path = tmp_path / "requests.json", tmp_path / "out.json"
+    requests_path.write_text(json.dumps(requests))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), str(folder), str(requests_path), str(out_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, f"client failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return json.loads(out_path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("paradigm", "normalization", "with_example"),
+    [("pairwise", "yes_no", False), ("pointwise", "vocab", False), ("pairwise", "yes_no", True)],
+)
+def test_plain_transformers_reproduces_score(
+    paradigm: str, normalization: str, with_example: bool, tmp_path: Path
+) -> None:
+    task = GenerativeRewardTask(paradigm=paradigm, normalization=normalization)
+    task.configure_model()
+    if with_example:  # an earlier solved turn whose images the export stores under examples/
+        visuals = [_noise(10, 64, 64), _noise(11, 64, 64)]
+        task.examples_pool = {"pairwise": [Query("pairwise", "a blue square", visuals, "", answer="yes", key="ex-0")]}
+    folder = task.export_to(tmp_path / "export")
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    assert processor_config["processor_class"] == "Qwen2VLProcessor"
+    assert processor_config["image_processor"]["image_processor_type"] == "Qwen2VLImageProcessorPil"
+
+    images = [_noise(1, 64, 64), _noise(2, 96, 64)]
+    references = [_noise(3, 64, 96), _noise(4, 64, 64)] if paradigm == "pairwise" else None
+    requests = []
+    for i, prompt in enumerate(PROMPTS):
+        # Named as the export's query names its image items: "image" (pointwise), "candidate" and "reference".
+        slot = "image" if references is None else "candidate"
+        request = {"prompt": prompt, slot: str(tmp_path / f"image-{i}.png")}
+        images[i].save(request[slot])
+        if references is not None:
+            request["reference"] = str(tmp_path / f"reference-{i}.png")
+            references[i].save(request["reference"])
+        requests.append(request)
+
+    plain = _plain_rewards(folder, requests, tmp_path)
+    assert plain["modules"] == []  # the client never imported rewarddance
+
+    model = RewardModel.from_pretrained(folder)  # rewarddance's own loading of the same folder
+    assert len(model.queries(PROMPTS, images, references)[0].examples) == int(with_example)
+    expected = model.score(PROMPTS, images, references=references)
+    torch.testing.assert_close(torch.tensor(plain["rewards"]), expected, atol=1e-5, rtol=0)
+
+
+def test_bundled_reward_model_loads_in_plain_transformers(tmp_path: Path) -> None:
+    folder = Path(__file__).resolve().parents[2] / "data" / "reward_models" / "shapes-rm-pairwise"
+    images, references = [_noise(5, 64, 64), _noise(6, 64, 64)], [_noise(7, 64, 64), _noise(8, 64, 64)]
+    requests = []
+    for i, prompt in enumerate(PROMPTS):
+        request = {"prompt": prompt, "candidate": str(tmp_path / f"c{i}.png"), "reference": str(tmp_path / f"r{i}.png")}
+        images[i].save(request["candidate"])
+        references[i].save(request["reference"])
+        requests.append(request)
+    plain = _plain_rewards(folder, requests, tmp_path)
+    assert plain["modules"] == []
+    expected = RewardModel.from_pretrained(folder).score(PROMPTS, images, references=references)
+    torch.testing.assert_close(torch.tensor(plain["rewards"]), expected, atol=1e-5, rtol=0)

@@ -1,0 +1,33 @@
+"""A saved generator samples with a plain ``DiffusionPipeline.from_pretrained(folder)``, no dtype argument."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from rewarddance.models.generators import load_generator
+
+
+def _call(pipeline: DiffusionPipeline) -> torch.Tensor:
+    return pipeline(
+        ["a red circle"], height=32, width=32, num_inference_steps=2, guidance_scale=2.0,
+        generator=torch.Generator().manual_seed(0), output_type="pt",
+    ).images  # fmt: skip
+
+
+def test_half_precision_generator_saves_a_folder_plain_diffusers_samples(tmp_path: Path) -> None:
+    # The generator pretraining export stores float16; before the fix the text encoder came back
+    # float16 beside a float32 UNet and sampling failed with "Half and Float".
+    generator = load_generator("tiny-sd15").to(dtype=torch.float16)
+    generator.save_pretrained(tmp_path)
+    assert generator.pipeline.text_encoder.dtype == torch.float16  # the live pipeline keeps its dtypes
+
+    plain = DiffusionPipeline.from_pretrained(tmp_path)
+    dtypes = {name: c.dtype for name, c in plain.components.items() if isinstance(c, torch.nn.Module)}
+    assert set(dtypes.values()) == {torch.float32}, dtypes
+    images = _call(plain)
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    # rewarddance's own loading of the folder builds the same pipeline.
+    torch.testing.assert_close(images, _call(load_generator(tmp_path).pipeline), atol=0, rtol=0)
