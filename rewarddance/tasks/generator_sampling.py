@@ -23,7 +23,7 @@ from torch import Tensor
 from rewarddance.errors import UsageError
 from rewarddance.models.adapters import DenoisingContext, GeneratorAdapter, adapter_for
 from rewarddance.models.dtypes import resolve_dtype
-from rewarddance.models.generators import Generator, load_generator
+from rewarddance.models.generators import Generator, load_generator, save_pipeline
 from rewarddance.rl.rewards import Reward
 from rewarddance.rl.settings import GeneratorLora, as_settings
 
@@ -231,5 +231,6 @@ class GeneratorSampling(L.LightningModule):
             denoiser.unload_lora()
         pipeline = generator.pipeline
         attr = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
-        type(pipeline)(**{**pipeline.components, attr: denoiser}).save_pretrained(folder)
+        # save_pipeline: frozen parts cast to frozen_dtype must not make the folder fail a plain load.
+        save_pipeline(type(pipeline)(**{**pipeline.components, attr: denoiser}), folder)
         return folder

@@ -31,3 +31,17 @@ def test_half_precision_generator_saves_a_folder_plain_diffusers_samples(tmp_pat
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
     # rewarddance's own loading of the folder builds the same pipeline.
     torch.testing.assert_close(images, _call(load_generator(tmp_path).pipeline), atol=0, rtol=0)
+
+
+def test_rl_export_with_low_precision_frozen_parts_samples_in_plain_diffusers(tmp_path: Path) -> None:
+    from rewarddance.tasks import GeneratorRLTask  # the RL export goes through the same save
+
+    task = GeneratorRLTask(reward="shapes-color", frozen_dtype="bfloat16", num_inference_steps=2, eval_every=None)
+    task.configure_model()
+    task.on_fit_start()  # where the frozen VAE and text encoders are cast to bfloat16
+    assert task.components().text_encoders[0].dtype == torch.bfloat16
+    folder = task.export(tmp_path / "export")
+    plain = DiffusionPipeline.from_pretrained(folder)
+    dtypes = {name: c.dtype for name, c in plain.components.items() if isinstance(c, torch.nn.Module)}
+    assert set(dtypes.values()) == {torch.float32}, dtypes
+    assert torch.isfinite(_call(plain)).all()
