@@ -48,7 +48,12 @@ def _plain_rewards(folder: Path, requests: list[dict], tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize(
     ("paradigm", "normalization", "with_example"),
-    [("pairwise", "yes_no", False), ("pointwise", "vocab", False), ("pairwise", "yes_no", True)],
+    # The default tier runs the bundled model's case below (the README's snippet); these three add ~60 s.
+    [
+        pytest.param("pairwise", "yes_no", False, marks=pytest.mark.slow),
+        pytest.param("pointwise", "vocab", False, marks=pytest.mark.slow),
+        pytest.param("pairwise", "yes_no", True, marks=pytest.mark.slow),
+    ],
 )
 def test_plain_transformers_reproduces_score(
     paradigm: str, normalization: str, with_example: bool, tmp_path: Path
