@@ -25,8 +25,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rl_quickstart import HELDOUT, images_per_prompt, paired_gain  # a sibling script, not a package
 
-Z95 = 1.96
-
 
 def _label(record: dict) -> str:
     overrides = [item.removeprefix("--model.init_args.").removeprefix("--data.init_args.") for item in record["extra"]]
@@ -35,14 +33,15 @@ def _label(record: dict) -> str:
 
 def row(record: dict, control: dict | None) -> str:
     start, tuned, gain = record["start"], record["tuned"], record["gain"]
-    tags = " ".join(f"{tag} {value:+.2f}" for tag, (value, _) in sorted(gain["per_tag"].items()))
+    tags = ", ".join(f"{tag} {value:+.2f} ({se:.2f})" for tag, (value, se) in sorted(gain["per_tag"].items()))
     versus = "-"
     if control is not None and control is not record:
         vs = paired_gain(control["after"], record["after"])
         versus = f"{vs['gain']:+.3f} [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}]"
     return (
         f"| {_label(record)} | {record['steps']} | {record['wall_s']:.0f} / {record['cpu_s']:.0f} | "
-        f"{start['geneval']:.3f} ± {Z95 * start['se']:.3f} | {tuned['geneval']:.3f} ± {Z95 * tuned['se']:.3f} | "
+        f"{start['geneval']:.3f} [{start['ci'][0]:.3f}, {start['ci'][1]:.3f}] | "
+        f"{tuned['geneval']:.3f} [{tuned['ci'][0]:.3f}, {tuned['ci'][1]:.3f}] | "
         f"{gain['gain']:+.3f} (SE {gain['se']:.3f}) [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}] | {versus} | {tags} |"
     )
 
@@ -86,7 +85,7 @@ def main() -> None:
     if args.control and control is None:
         control = json.loads(args.control.read_text())
     print("| overrides | steps | fit wall / CPU s | held-out start (95%) | tuned (95%) | paired gain (SE) [95% CI] "
-          "| vs control [95% CI] | per-tag gain |")  # fmt: skip
+          "| vs control, paired [95% CI] | per-tag gain (SE) |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for path, record in records.items():
         print(row(record, control if path != args.control else None))
