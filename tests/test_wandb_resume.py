@@ -119,7 +119,12 @@ def test_resume_continues_the_same_wandb_run(offline):
     folders = _run_folders(offline)
     assert len(folders) == 2 and all(f.name.endswith(f"-{run_id}") for f in folders), folders
     # Each folder got its own steps (0-based global_step of the logged rows): the resumed ones went to the same id.
-    assert [_logged_steps(f) for f in folders] == [{0, 1}, {2, 3}]
+    # wandb's service process writes the run file asynchronously, and once (a quiet CI machine) the resumed run's
+    # history was read before it landed: read again until it matches, for at most 30 s.
+    deadline = time.monotonic() + 30.0
+    while (logged := [_logged_steps(f) for f in folders]) != [{0, 1}, {2, 3}] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert logged == [{0, 1}, {2, 3}]
     assert recorded_run_id(last) == run_id  # the resumed fit's own last.ckpt keeps it
 
 
