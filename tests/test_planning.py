@@ -60,7 +60,7 @@ def test_paper_sizes_match_checkpoint_sizes(label: str, checkpoint_gb: float) ->
 def test_paper_sizes_are_known_and_resolve_through_the_registry() -> None:
     assert set(PAPER_SIZES.values()) <= set(KNOWN_CONFIGS)
     assert describe_backbone("internvl", "8B").name == "OpenGVLab/InternVL3-8B-hf"
-    assert describe_backbone("internvl", "26B").name == "OpenGVLab/InternVL2_5-26B"
+    assert describe_backbone("internvl", "26B").name == "OpenGVLab/InternVL3-38B-hf"  # docs/backbones.md
     with pytest.raises(ValueError, match="no size"):
         describe_backbone("internvl", "3B")
     with pytest.raises(ValueError, match="No offline config"):

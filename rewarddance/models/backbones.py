@@ -38,14 +38,17 @@ from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
     BatchFeature,
+    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     ProcessorMixin,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from rewarddance.errors import BadFileError, RewardDanceError, UsageError, hub_hint
 from rewarddance.models.dtypes import resolve_dtype
 from rewarddance.models.inputs import Message, Visual, encode
+from rewarddance.models.internvl_sizes import INTERNVL_SIZES, REMOTE_CODE_ARCHITECTURES
 from rewarddance.models.logits import Normalization, last_token_logits, yes_no_log_probs
 from rewarddance.models.processors import (
     InternVLImageOnlyProcessor,
@@ -195,22 +198,9 @@ register_backbone(
         model_type="internvl",
         processor_class=InternVLImageOnlyProcessor,
         build_tiny=build_tiny_internvl,
-        # The paper scales InternVL 1B..26B (InternVL2.5 sizes, which exist only as remote code);
-        # these are the transformers-native checkpoints (InternVL3 "-hf", InternVL3.5 "-HF").
-        hub_ids={
-            "1B": "OpenGVLab/InternVL3-1B-hf",
-            "2B": "OpenGVLab/InternVL3-2B-hf",
-            "8B": "OpenGVLab/InternVL3-8B-hf",
-            "14B": "OpenGVLab/InternVL3-14B-hf",
-            "38B": "OpenGVLab/InternVL3-38B-hf",
-            "78B": "OpenGVLab/InternVL3-78B-hf",
-            "3.5-1B": "OpenGVLab/InternVL3_5-1B-HF",
-            "3.5-2B": "OpenGVLab/InternVL3_5-2B-HF",
-            "3.5-4B": "OpenGVLab/InternVL3_5-4B-HF",
-            "3.5-8B": "OpenGVLab/InternVL3_5-8B-HF",
-            "3.5-14B": "OpenGVLab/InternVL3_5-14B-HF",
-            "3.5-38B": "OpenGVLab/InternVL3_5-38B-HF",
-        },
+        # One table for the loader and the planner (internvl_sizes.py): the paper's 1B..26B, each
+        # mapped to a transformers-native checkpoint, and the other InternVL3/3.5 sizes.
+        hub_ids={label: checkpoint.hub_id for label, checkpoint in INTERNVL_SIZES.items()},
         default_size="1B",
         vision_patterns=(r"(^|\.)vision_tower\.",),
         projector_patterns=(r"(^|\.)multi_modal_projector\.",),
@@ -321,10 +311,66 @@ def _spec_for_model_type(model_type: str, name_or_path: str) -> BackboneSpec:
         if spec.model_type == model_type:
             return spec
     known = {s.model_type: s.name for s in BACKBONES.values()}
-    raise UsageError(
-        f"{name_or_path!r} is a {model_type!r} model; registered families are {known}. "
-        "Add one with rewarddance.models.register_backbone."
+    hint = "Add one with rewarddance.models.register_backbone."
+    if model_type == "internvl_chat":
+        # InternVL's remote-code format: the same weights exist natively for the sizes we register.
+        hint = (
+            "InternVL's remote-code format (internvl_chat) is not a registered family: use a native "
+            f"checkpoint (family 'internvl', sizes {sorted(INTERNVL_SIZES)}), or convert this one with "
+            "transformers' models/internvl/convert_internvl_weights_to_hf.py and load the folder it writes."
+        )
+    raise UsageError(f"{name_or_path!r} is a {model_type!r} model; registered families are {known}. {hint}")
+
+
+def checkpoint_for(family: str, size: str | None = None) -> str:
+    """The hub id of a family's size (its default size without one).
+
+    :func:`load_backbone` and ``rewarddance.planning.describe_backbone`` both resolve family
+    sizes here, so they accept exactly the same names and sizes.
+
+    Raises:
+        UsageError: Unknown family, or a size the family does not have (the message lists its sizes).
+    """
+    spec = BACKBONES[family]
+    label = size or spec.default_size
+    if label not in spec.hub_ids:
+        raise UsageError(f"{family!r} has no size {label!r}; choose from {sorted(spec.hub_ids)}.")
+    return spec.hub_ids[label]
+
+
+def remote_code_message(name: str, detail: str) -> str:
+    """How to opt in to a checkpoint's own Python code; ``detail`` says why it needs it."""
+    return (
+        f"backbone {name!r} runs its own Python code from the checkpoint ({detail}); rewarddance never "
+        "trusts remote code by default. Read that code, then opt in with trust_remote_code: "
+        "`backbone_kwargs: {trust_remote_code: true}` under a reward task's model config (command line: "
+        "`--model.backbone_kwargs '{trust_remote_code: true}'`; pretraining: `backbone_overrides`), or "
+        "`load_backbone(..., trust_remote_code=True)` in Python. Its model_type also needs a registered "
+        "family (rewarddance.models.register_backbone)."
     )
+
+
+def _check_remote_code(name: str, trust_remote_code: bool, hub_kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before any of its code can run, a checkpoint that needs remote code the user did not allow.
+
+    Reads config.json only (no code runs). A native ``model_type`` with an ``auto_map`` loads with
+    transformers' own classes unless trusted, as transformers does, so only unknown types need it.
+    """
+    if trust_remote_code:
+        return
+    if name in REMOTE_CODE_ARCHITECTURES:  # known without a download
+        raise UsageError(
+            remote_code_message(name, "InternVL's remote-code format, model_type 'internvl_chat'")
+            + f" The native checkpoints need none: family 'internvl', sizes {sorted(INTERNVL_SIZES)}."
+        )
+    config_dict, _ = PreTrainedConfig.get_config_dict(name, **hub_kwargs)
+    model_type = config_dict.get("model_type")
+    auto_map = config_dict.get("auto_map") or {}
+    if auto_map and model_type not in CONFIG_MAPPING:
+        classes = ", ".join(f"{k}: {v}" for k, v in sorted(auto_map.items()))
+        raise UsageError(
+            remote_code_message(name, f"model_type {model_type!r} is not in transformers; config.json auto_map {classes}")
+        )
 
 
 def _known_backbones() -> str:
@@ -379,9 +425,9 @@ def _load_pretrained(
     processor_kwargs: Mapping[str, Any],
 ) -> tuple[BackboneSpec, PreTrainedModel, Any]:
     """Hub id or folder: the same calls either way; the family comes from ``config.model_type``."""
-    hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if revision is not None:
-        hub_kwargs["revision"] = revision
+    revision_kwargs = {"revision": revision} if revision is not None else {}
+    _check_remote_code(name, trust_remote_code, revision_kwargs)
+    hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **revision_kwargs}
     config = AutoConfig.from_pretrained(name, **hub_kwargs)
     spec = _spec_for_model_type(config.model_type, name)
     model_kwargs: dict[str, Any] = dict(hub_kwargs, config=config)
@@ -422,8 +468,9 @@ def load_backbone(
             :data:`TINY_PRESETS` (``"tiny"`` or ``"small"``).
         dtype: Parameter dtype (``"bfloat16"``, ``torch.float32``, ``"auto"``); None keeps the default.
         attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``...; None lets transformers choose.
-        trust_remote_code: Passed to ``from_pretrained``. Off by default: every registered family
-            is native to transformers.
+        trust_remote_code: Passed to ``from_pretrained`` of config, model and processor. Off by
+            default: a checkpoint whose ``model_type`` is not in transformers (its own code in
+            ``auto_map``) is then refused with a message saying how to opt in (``docs/backbones.md``).
         revision: Hub revision (branch, tag or commit) for hub ids.
         device_map: Passed to ``from_pretrained`` (e.g. ``"auto"``); tiny models stay on CPU.
         processor_kwargs: Extra ``from_pretrained`` arguments of the processor, e.g.
@@ -464,10 +511,7 @@ def load_backbone(
         if tiny_overrides:
             raise UsageError(f"{sorted(tiny_overrides)} only apply to tiny backbones ('{TINY_PREFIX}<family>').")
         if name in BACKBONES:
-            label = size or BACKBONES[name].default_size
-            if label not in BACKBONES[name].hub_ids:
-                raise UsageError(f"{name!r} has no size {label!r}; choose from {sorted(BACKBONES[name].hub_ids)}.")
-            name = BACKBONES[name].hub_ids[label]
+            name = checkpoint_for(name, size)
         elif size is not None:
             raise UsageError(f"size={size!r} only applies to family or tiny names, not {name!r}.")
         _check_name_or_folder(name)

@@ -23,162 +23,26 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from rewarddance.errors import UsageError
-from rewarddance.models.backbones import BACKBONES, LOCAL_BACKBONES, TINY_PREFIX, BackboneSpec
+from rewarddance.models.backbones import BACKBONES, LOCAL_BACKBONES, TINY_PREFIX, BackboneSpec, checkpoint_for
+from rewarddance.models.internvl_sizes import INTERNVL2_5_26B, INTERNVL_SIZES, PAPER_SIZE_LABELS, known_architectures
 from rewarddance.models.lora import LANGUAGE_MODEL_LORA_REGEX
 from rewarddance.models.tiny_backbones import TinySize, tiny_backbone_size
 
 # --------------------------------------------------------------------------------------------
-# Architecture data: configs of the paper's reward-model sizes, written here so that planning needs
-# no hub access. Only architecture fields are kept; everything else is the transformers default.
+# Architecture data: the InternVL table of rewarddance.models.internvl_sizes (shared with the loader),
+# so that planning needs no hub access.
 # --------------------------------------------------------------------------------------------
 
-_INTERNVIT_300M: dict[str, Any] = {
-    # InternViT-300M-448px-V2_5, the vision tower of InternVL3-1B/2B/8B and InternVL3.5-1B..14B.
-    # transformers' InternVLVisionConfig defaults are this tower ("OpenGVLab/InternVL3-1B-hf style"):
-    # 1024 wide, 24 layers, 16 heads, MLP 4096, 448 px, patch 14, LayerNorm, no q/k norm. The qkv
-    # bias is on (the remote-code module prints `qkv: Linear(1024, 3072, bias=True)`), which the
-    # -hf configs spell attention_bias=true.
-    "hidden_size": 1024,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "intermediate_size": 4096,
-    "attention_bias": True,
-    "use_qk_norm": False,
-    "norm_type": "layer_norm",
-    "image_size": [448, 448],
-    "patch_size": [14, 14],
-}
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {hub_id: dict(config) for hub_id, config in known_architectures().items()}
+"""Architecture fields of hub checkpoints that :func:`describe_backbone` can plan offline (sources:
+``rewarddance/models/internvl_sizes.py`` and ``docs/backbones.md``)."""
 
-_INTERNVIT_6B: dict[str, Any] = {
-    # InternViT-6B-448px (V1-5 .. V2_5), the vision tower of InternVL2.5-26B and InternVL3-38B/78B:
-    # OpenGVLab/InternViT-6B-448px-V1-5 config.json: hidden 3200, 45 layers, 25 heads, MLP 12800,
-    # qkv_bias false, qk_normalization true, patch 14, 448 px; norm_type is the remote-code
-    # InternVisionConfig default 'rms_norm'. transformers' conversion script renames qkv_bias ->
-    # attention_bias and qk_normalization -> use_qk_norm.
-    "hidden_size": 3200,
-    "num_hidden_layers": 45,
-    "num_attention_heads": 25,
-    "intermediate_size": 12800,
-    "attention_bias": False,
-    "use_qk_norm": True,
-    "norm_type": "rms_norm",
-    "image_size": [448, 448],
-    "patch_size": [14, 14],
-}
+PAPER_SIZES: dict[str, str] = {label: INTERNVL_SIZES[label].hub_id for label in PAPER_SIZE_LABELS}
+"""The paper's reward-model sizes (InternVL 1B..26B) -> the native checkpoints ``internvl --size`` loads
+(26B: the nearest native one, InternVL3-38B-hf; see ``docs/backbones.md``)."""
 
-KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    # OpenGVLab/InternVL3-1B-hf config.json: Qwen2.5-0.5B text model (896 wide, 24 layers, 14 heads,
-    # 2 KV heads, MLP 4864, vocab 151674 = Qwen2.5's 151665 tokens + 9 InternVL tokens). The
-    # checkpoint stores a separate lm_head: model.safetensors is 1.88 GB = 0.94 B bf16 parameters,
-    # which is what an untied head gives (a tied one would be 0.80 B).
-    "OpenGVLab/InternVL3-1B-hf": {
-        "model_type": "internvl",
-        "vision_config": _INTERNVIT_300M,
-        "text_config": {
-            "model_type": "qwen2",
-            "hidden_size": 896,
-            "intermediate_size": 4864,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 14,
-            "num_key_value_heads": 2,
-            "vocab_size": 151674,
-        },
-        "downsample_ratio": 0.5,
-        "image_seq_length": 256,
-        "tie_word_embeddings": False,
-    },
-    # OpenGVLab/InternVL3-2B-hf: Qwen2.5-1.5B text model (1536 wide, 28 layers, 12 heads, 2 KV
-    # heads, MLP 8960; Qwen2-VL-2B's config.json has the same language model), vocab 151674;
-    # model.safetensors 4.18 GB = 2.09 B parameters, again an untied lm_head.
-    "OpenGVLab/InternVL3-2B-hf": {
-        "model_type": "internvl",
-        "vision_config": _INTERNVIT_300M,
-        "text_config": {
-            "model_type": "qwen2",
-            "hidden_size": 1536,
-            "intermediate_size": 8960,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 12,
-            "num_key_value_heads": 2,
-            "vocab_size": 151674,
-        },
-        "downsample_ratio": 0.5,
-        "image_seq_length": 256,
-        "tie_word_embeddings": False,
-    },
-    # OpenGVLab/InternVL3_5-4B-HF (InternVL3 has no 4B): Qwen3-4B text model, from Qwen3-4B's
-    # config.json: 2560 wide, 36 layers, 32 heads, 8 KV heads, head_dim 128, MLP 9728, vocab
-    # 151936, q/k RMSNorm. The InternVL3_5-4B repository holds 9.48 GB of weights = 4.7 B bf16
-    # parameters, which needs an untied lm_head (tied: 4.3 B).
-    "OpenGVLab/InternVL3_5-4B-HF": {
-        "model_type": "internvl",
-        "vision_config": _INTERNVIT_300M,
-        "text_config": {
-            "model_type": "qwen3",
-            "hidden_size": 2560,
-            "intermediate_size": 9728,
-            "num_hidden_layers": 36,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 8,
-            "head_dim": 128,
-            "vocab_size": 151936,
-        },
-        "downsample_ratio": 0.5,
-        "image_seq_length": 256,
-        "tie_word_embeddings": False,
-    },
-    # OpenGVLab/InternVL3-8B-hf: Qwen2.5-7B text model (3584 wide, 28 layers, 28 heads, 4 KV
-    # heads, MLP 18944, untied), vocab 151674 (MindSpeed-MM's InternVL3 model_8B.json lists the
-    # same numbers).
-    "OpenGVLab/InternVL3-8B-hf": {
-        "model_type": "internvl",
-        "vision_config": _INTERNVIT_300M,
-        "text_config": {
-            "model_type": "qwen2",
-            "hidden_size": 3584,
-            "intermediate_size": 18944,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 28,
-            "num_key_value_heads": 4,
-            "vocab_size": 151674,
-        },
-        "downsample_ratio": 0.5,
-        "image_seq_length": 256,
-        "tie_word_embeddings": False,
-    },
-    # OpenGVLab/InternVL2_5-26B (the paper's 26B; remote code only, no -hf checkpoint): InternViT-6B
-    # + internlm2_5-20b-chat. transformers' convert_internvl_weights_to_hf.py maps InternVL2_5-26B
-    # to InternVLForConditionalGeneration with a LlamaConfig text model (InternLM2's fused wqkv is
-    # split into q/k/v, same parameter count). internlm2_5-20b config.json: 6144 wide, 48 layers,
-    # 48 heads, 8 KV heads, MLP 16384, vocab 92544, untied. The chat model adds InternVL's 9 special
-    # tokens (the conversion script's image token id is 92546, beyond 92544): vocab 92553.
-    "OpenGVLab/InternVL2_5-26B": {
-        "model_type": "internvl",
-        "vision_config": _INTERNVIT_6B,
-        "text_config": {
-            "model_type": "llama",
-            "hidden_size": 6144,
-            "intermediate_size": 16384,
-            "num_hidden_layers": 48,
-            "num_attention_heads": 48,
-            "num_key_value_heads": 8,
-            "vocab_size": 92553,
-        },
-        "downsample_ratio": 0.5,
-        "image_seq_length": 256,
-        "tie_word_embeddings": False,
-    },
-}
-"""Architecture fields of hub checkpoints that :func:`describe_backbone` can plan offline."""
-
-PAPER_SIZES: dict[str, str] = {
-    "1B": "OpenGVLab/InternVL3-1B-hf",
-    "2B": "OpenGVLab/InternVL3-2B-hf",
-    "4B": "OpenGVLab/InternVL3_5-4B-HF",
-    "8B": "OpenGVLab/InternVL3-8B-hf",
-    "26B": "OpenGVLab/InternVL2_5-26B",
-}
-"""The paper's reward-model sizes (InternVL 1B..26B) mapped to the closest transformers-native checkpoints."""
+PAPER_26B = INTERNVL2_5_26B.hub_id
+"""The paper's own 26B (InternVL2.5-26B, remote code only), planned in transformers' native form."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,21 +240,20 @@ def _resolve(
     if name in LOCAL_BACKBONES:
         name = os.fspath(LOCAL_BACKBONES[name])
     if name in BACKBONES:
-        family = BACKBONES[name]
-        label = size or family.default_size
-        if label in family.hub_ids:
-            name = family.hub_ids[label]
-        elif family.name == "internvl" and label in PAPER_SIZES:
-            name = PAPER_SIZES[label]
-        else:
-            choices = sorted(set(family.hub_ids) | (set(PAPER_SIZES) if family.name == "internvl" else set()))
-            raise UsageError(f"{family.name!r} has no size {label!r}; choose from {choices}.")
+        name = checkpoint_for(name, size)  # the loader resolves sizes with the same function
     elif size is not None:
         raise UsageError(f"size={size!r} only applies to family or tiny names, not {name!r}.")
     if name in KNOWN_CONFIGS:
         return name, f"rewarddance.planning.KNOWN_CONFIGS[{name!r}]", _config_from_data(KNOWN_CONFIGS[name]), None
     if Path(name).is_dir():
-        return name, f"{name}/config.json", AutoConfig.from_pretrained(name), None
+        try:
+            return name, f"{name}/config.json", AutoConfig.from_pretrained(name), None
+        except ValueError as err:  # e.g. a model_type only its own remote code defines
+            raise UsageError(
+                f"cannot plan the backbone in {name!r}: {err}. The planner builds transformers-native "
+                "architectures only (a remote-code InternVL converts with transformers' "
+                "convert_internvl_weights_to_hf.py)."
+            ) from err
     try:  # a hub id already in the local cache
         return name, f"cached config of {name}", AutoConfig.from_pretrained(name, local_files_only=True), None
     except OSError as err:
@@ -568,8 +431,8 @@ def describe_backbone(name: str, size: str | None = None, **tiny_overrides: Any)
         name: A tiny name (``tiny-internvl``), a registry family (``internvl`` with ``size``), a hub
             id from :data:`KNOWN_CONFIGS` or the local hub cache, a ``save_pretrained`` folder, or a
             bundled backbone (``shapes-vlm-tiny``).
-        size: Family size label (``8B``; for ``internvl`` also the paper sizes of :data:`PAPER_SIZES`)
-            or tiny preset (``tiny``/``small``).
+        size: Family size label (``8B``; the same labels :func:`rewarddance.models.load_backbone`
+            takes, resolved by the same function) or tiny preset (``tiny``/``small``).
         **tiny_overrides: :class:`rewarddance.models.backbones.TinySize` fields for tiny names.
 
     Returns:

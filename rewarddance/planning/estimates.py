@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rewarddance.errors import UsageError
-from rewarddance.planning.architectures import PAPER_SIZES, Architecture, TextArch, VisionArch, describe_backbone
+from rewarddance.planning.architectures import PAPER_26B, PAPER_SIZES, Architecture, TextArch, VisionArch, describe_backbone
 
 Strategy = Literal["ddp", "fsdp"]
 Precision = Literal["bf16-mixed", "32-true", "bf16-true"]
@@ -674,5 +674,7 @@ def grid_table(backbones: Mapping[str, tuple[str, str | None]], **kwargs: Any) -
 
 
 def paper_backbones() -> dict[str, tuple[str, str | None]]:
-    """The paper's sizes as :func:`grid_table` rows."""
-    return {label: (hub_id, None) for label, hub_id in PAPER_SIZES.items()}
+    """The paper's sizes as :func:`grid_table` rows: what ``internvl --size`` loads, then the paper's own 26B."""
+    rows: dict[str, tuple[str, str | None]] = {label: (hub_id, None) for label, hub_id in PAPER_SIZES.items()}
+    rows["26B as published"] = (PAPER_26B, None)
+    return rows
