@@ -369,7 +369,9 @@ def _check_remote_code(name: str, trust_remote_code: bool, hub_kwargs: Mapping[s
     if auto_map and model_type not in CONFIG_MAPPING:
         classes = ", ".join(f"{k}: {v}" for k, v in sorted(auto_map.items()))
         raise UsageError(
-            remote_code_message(name, f"model_type {model_type!r} is not in transformers; config.json auto_map {classes}")
+            remote_code_message(
+                name, f"model_type {model_type!r} is not in transformers; config.json auto_map {classes}"
+            )
         )
 
 

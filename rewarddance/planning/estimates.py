@@ -80,7 +80,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rewarddance.errors import UsageError
-from rewarddance.planning.architectures import PAPER_26B, PAPER_SIZES, Architecture, TextArch, VisionArch, describe_backbone
+from rewarddance.planning.architectures import (
+    PAPER_26B,
+    PAPER_SIZES,
+    Architecture,
+    TextArch,
+    VisionArch,
+    describe_backbone,
+)
 
 Strategy = Literal["ddp", "fsdp"]
 Precision = Literal["bf16-mixed", "32-true", "bf16-true"]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 from PIL import Image
 from transformers import AutoModelForImageTextToText, InternVLForConditionalGeneration
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from rewarddance.errors import UsageError
 from rewarddance.models import BACKBONES, load_backbone
@@ -81,8 +83,6 @@ def _written() -> list[str]:
 def test_architecture_on_meta_device_matches_published_count(hub_id: str) -> None:
     entry = next(c for c in [*INTERNVL_SIZES.values(), *REMOTE_CODE_ARCHITECTURES.values()] if c.hub_id == hub_id)
     config_data = dict(known_architectures()[hub_id])
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
     config = CONFIG_MAPPING[config_data.pop("model_type")](**config_data)
     with torch.device("meta"):  # shapes only: a 38 B model in well under a second, no memory
         model = AutoModelForImageTextToText.from_config(config)
@@ -109,7 +109,7 @@ def test_paper_26b_as_published_is_planned_but_maps_to_a_native_checkpoint_for_l
 
 # -- remote code: opt-in only ------------------------------------------------------------------
 
-_REMOTE_CONFIG = '''
+_REMOTE_CONFIG = """
 import os
 from pathlib import Path
 from transformers import InternVLConfig
@@ -119,9 +119,9 @@ Path(os.environ["RD_REMOTE_MARKER"]).write_text("imported")  # proves when (and 
 
 class RdRemoteConfig(InternVLConfig):
     model_type = "{model_type}"
-'''
+"""
 
-_REMOTE_MODEL = '''
+_REMOTE_MODEL = """
 from transformers import InternVLForConditionalGeneration
 
 from .configuration_rd_remote import RdRemoteConfig
@@ -129,7 +129,7 @@ from .configuration_rd_remote import RdRemoteConfig
 
 class RdRemoteForConditionalGeneration(InternVLForConditionalGeneration):
     config_class = RdRemoteConfig
-'''
+"""
 
 
 def _remote_code_folder(tmp_path: Path, name: str, model_type: str) -> Path:
@@ -174,7 +174,11 @@ def test_trust_remote_code_reaches_from_pretrained_through_the_task(tmp_path: Pa
     native = load_backbone(folder)
     assert type(native.model) is InternVLForConditionalGeneration and not marker.exists()
 
-    task = GenerativeRewardTask(backbone=str(folder), backbone_kwargs={"trust_remote_code": True})
+    # As the command line passes it (`--model.backbone_kwargs '{trust_remote_code: true}'`).
+    parser = ArgumentParser()
+    parser.add_class_arguments(GenerativeRewardTask, "model")
+    args = ["--model.backbone", str(folder), "--model.backbone_kwargs", "{trust_remote_code: true}"]
+    task = parser.instantiate(parser.parse_args(args)).model
     task.configure_model()
     model = task.model
     assert type(model).__name__ == "RdRemoteForConditionalGeneration"
