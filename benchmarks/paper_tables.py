@@ -194,7 +194,7 @@ def fragment(variant: Variant, root: Path, steps: int, quick: bool, generated: P
     return path
 
 
-def test_metrics(run: Run) -> dict[str, tuple[float, int]]:
+def read_test_metrics(run: Run) -> dict[str, tuple[float, int]]:
     """Per test set: the accuracy at full precision and its denominator (non-tied pairs), from the fit's CSV log."""
     found: dict[str, tuple[float, int]] = {}
     for path in run.root.glob("**/metrics.csv"):
@@ -221,7 +221,7 @@ def summarize(row: Row, runs: list[Run]) -> dict:
     """A row's record: its runs, and per test set the mean accuracy over seeds, its interval and the seeds' sd."""
     record = {**asdict(row), "variant": asdict(row.variant), "runs": [], "sets": {}}
     for run in runs:
-        metrics = test_metrics(run) if run.error is None else {}
+        metrics = read_test_metrics(run) if run.error is None else {}
         if run.error is None and set(metrics) != set(run.accuracy or {}):
             run.error = f"the CSV log has test sets {sorted(metrics)}, the fit printed {sorted(run.accuracy or {})}"
         record["runs"].append({
@@ -252,6 +252,13 @@ def cell(record: dict, name: str) -> str:
     return f"{stats['acc']:.3f} [{lo:.3f}, {hi:.3f}]{sd}"
 
 
+def error_line(log: str) -> str:
+    """The line of a failed fit's output that says why: the last one naming an error, else the last one."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and not ln.startswith("(add --debug")]
+    named = [ln for ln in lines if "error" in ln.lower() or "exception" in ln.lower()]
+    return (named or lines or ["(no output)"])[-1]
+
+
 def print_table(tables: list[Block], records: dict[str, dict], with_generated: bool, seeds: int) -> None:
     sets = SETS if with_generated else SETS[:2]
     width = 34 if seeds > 1 else 22  # room for the seeds' sd
@@ -261,7 +268,9 @@ def print_table(tables: list[Block], records: dict[str, dict], with_generated: b
             continue
         print(f"\n{block.title}\n  ({block.note})")
         print(
-            f"  {'row':<34} " + " ".join(f"{s:<{width}}" for s in sets) + f" {'paper':<18} {'s/step':>6} {'wall s':>7}"
+            f"  {'row':<34} "
+            + " ".join(f"{s:<{width}}" for s in sets)
+            + f" {'paper':<18} {'s/step':>6} {'CPU s/step':>10} {'wall s':>7}"
         )
         for row in rows:
             record = records[row.key]
@@ -272,8 +281,8 @@ def print_table(tables: list[Block], records: dict[str, dict], with_generated: b
             cells = " ".join(f"{cell(record, s):<{width}}" for s in sets)
             print(f"  {row.name:<34} {cells} {row.paper:<18} {speed:>6.3f} {cpu:>10.3f} {wall:>7.0f}")
             if record["error"]:
-                last = [ln for ln in record["error"].splitlines() if ln.strip()][-1:] or ["(no output)"]
-                print(f"    FAILED: {record['error'].splitlines()[0][:120]} ... {last[0][-200:]}")
+                why, _, log = record["error"].partition(": ")
+                print(f"    FAILED ({why}): {error_line(log)[:300]}")
 
 
 def main(argv: list[str] | None = None) -> int:

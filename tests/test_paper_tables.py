@@ -70,6 +70,9 @@ def test_each_row_changes_only_what_it_compares(tables, tmp_path):
     generic = yaml.safe_load(Path(models["ctx-generic"]["template"]).read_text())
     assert set(generic["criteria"].values()) == {""}  # one question for every task
     assert tables.CONFIGS[rows["t7-regressive"].variant.paradigm].endswith("shapes_regressive.yaml")
+    with_generated = tables.fragment(rows["t7-pairwise"].variant, tmp_path / "g", 7, False, tmp_path / "pairs")
+    test_sets = yaml.safe_load(with_generated.read_text())["data"]["init_args"]["test"]
+    assert test_sets["generated-val"] == str(tmp_path / "pairs") and set(test_sets) == set(tables.SETS)
     assert "rationale_format" not in models["t7-regressive"]  # the regressive task has no such argument
 
 
@@ -82,7 +85,11 @@ def test_a_failed_row_is_printed_with_its_error_and_fails_the_script(tables, tmp
     status = tables.main(["--rows", "t7-pairwise", "--steps", "3", "--out", str(tmp_path / "t.json")])
     printed = capsys.readouterr().out
     assert status == 1
-    assert "pairwise generative" in printed and "FAILED: exit status 1" in printed and "broken row" in printed
+    assert (
+        "pairwise generative" in printed
+        and "FAILED (exit status 1): rewarddance.errors.UsageError: broken row" in printed
+        and "broken row" in printed
+    )
     assert "FAILED rows: ['t7-pairwise']" in printed
     record = json.loads((tmp_path / "t.json").read_text())["rows"][0]
     assert record["key"] == "t7-pairwise" and "broken row" in record["error"] and record["sets"] == {}
@@ -96,12 +103,13 @@ def test_quick_table_has_every_row_and_column_with_intervals_around_the_accuraci
     out = tmp_path / "table.json"
     rows = ["t7-regressive", "t7-pairwise", "t9-none", "ctx-generic"]  # t9-none shares t7-pairwise's fit
     cmd = [sys.executable, "benchmarks/paper_tables.py", "--quick", "--rows", *rows, "--out", str(out)]
+    cmd += ["--generated", "data/shapes/val"]  # a stand-in for runs/generated-pairs/val: the third column's plumbing
     proc = run_group(cmd, cwd=ROOT, timeout=540, what="paper_tables --quick", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert proc.stdout.count("seed 0: test-id pairwise accuracy") == 3  # three recipes fitted, the shared one once
     for title in ("Table 7: paradigm", "Table 9: rationales", "Context:"):
         assert title in proc.stdout
-    assert "Scale:" not in proc.stdout
+    assert "Scale:" not in proc.stdout and "generated-val" in proc.stdout
     report = json.loads(out.read_text())
     assert report["quick"] is True and report["steps"] == 2
     assert [r["key"] for r in report["rows"]] == rows
@@ -110,7 +118,7 @@ def test_quick_table_has_every_row_and_column_with_intervals_around_the_accuraci
         assert record["error"] is None
         assert record["paper"] == paper.get(record["key"], "none in the paper")
         assert record["paper"] in proc.stdout
-        assert set(record["sets"]) == {"test-id", "test-ood"}
+        assert set(record["sets"]) == {"test-id", "test-ood", "generated-val"}
         for stats in record["sets"].values():
             lo, hi = stats["ci95"]
             assert 0.0 <= lo <= stats["acc"] <= hi <= 1.0
