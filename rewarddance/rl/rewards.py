@@ -65,8 +65,8 @@ class RewardSpec:
 
 def _reward_from_config(value: Any) -> Any:
     """jsonargparse's reading of a ``reward`` value: ``{class_path: X, init_args: {...}}`` becomes the equivalent
-    ``{kind: X, ...}`` (what ``--print_config`` then shows), which jsonargparse leaves alone; anything else is kept
-    as it is for :func:`build_reward` to check, so a bad value is refused there, naming the field."""
+    ``{kind: X, ...}`` (what the task receives), which jsonargparse leaves alone; anything else is kept as it is
+    for :func:`build_reward` to check, so a bad value is refused there, naming the field."""
     if isinstance(value, Namespace):  # how jsonargparse passes a class_path mapping given on the command line
         value = value.as_dict()
     if isinstance(value, Mapping) and "class_path" in value and set(value) <= {"class_path", "init_args"}:
@@ -81,7 +81,28 @@ def _is_reward_value(value: Any, _: type) -> bool:
     return isinstance(value, str) or callable(value) or (isinstance(value, Mapping) and "class_path" not in value)
 
 
-register_type(RewardSpec, serializer=lambda value: value, deserializer=_reward_from_config, type_check=_is_reward_value)
+def _reward_to_config(value: Any) -> Any:
+    """How jsonargparse writes a reward (``--print_config``, a run's ``config.yaml``): a reward class named in
+    ``kind`` (``RemoteReward``, ``mypackage.rewards.Aesthetic``) as ``{class_path, init_args}`` again, the form
+    the user wrote; anything else as it is. Either form reads back the same."""
+    if isinstance(value, Mapping) and isinstance(value.get("kind"), str):
+        kind = value["kind"]
+        if kind not in REWARDS and ":" not in kind and _names_a_class(kind):
+            return {"class_path": kind, "init_args": {k: v for k, v in value.items() if k != "kind"}}
+    return value
+
+
+def _names_a_class(name: str) -> bool:
+    if _class_name_of(name) is not None:
+        return True
+    module_name, _, attr = name.rpartition(".")
+    try:
+        return bool(module_name) and inspect.isclass(getattr(importlib.import_module(module_name), attr))
+    except (ImportError, AttributeError):
+        return False
+
+
+register_type(RewardSpec, serializer=_reward_to_config, deserializer=_reward_from_config, type_check=_is_reward_value)
 
 
 class Reward:

@@ -86,11 +86,7 @@ def test_every_reward_form_parses_prints_and_builds(form: str, tmp_path: Path, c
         main([*_rl(tmp_path), "--config", _with_reward(tmp_path, reward), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["reward"]
-    if isinstance(reward, dict) and "class_path" in reward:
-        # shown as the equivalent kind mapping: the class and its arguments, nothing added
-        assert printed == {"kind": reward["class_path"], **reward["init_args"]}
-    else:
-        assert printed == reward
+    assert printed == reward  # as written: the class and its arguments, nothing added
     built = build_reward(printed)  # what the task builds from it
     if expected_type is not None:
         assert isinstance(built, expected_type)
@@ -168,4 +164,7 @@ def test_a_grpo_step_scores_with_the_served_reward_given_as_class_path(
     assert float(metrics["reward/remote/retries"]) == 0
     # P(yes) of the served pointwise model: a probability, from the server (no in-process model was built)
     assert 0.0 < float(metrics["train/reward"]) < 1.0
-    assert cli.model.hparams["reward"] == {"kind": "RemoteReward", **reward["init_args"]}
+    # the task got the equivalent kind mapping; the checkpoint's hyperparameters keep the config as written
+    assert cli.model.reward_spec == {"kind": "RemoteReward", **reward["init_args"]}
+    assert cli.model.hparams["reward"] == reward
+    assert isinstance(build_reward(cli.model.hparams["reward"]), RemoteReward)
