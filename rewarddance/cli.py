@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
@@ -38,6 +38,7 @@ from rewarddance.errors import (
     describe,
     is_expected,
 )
+from rewarddance.rl.rewards import build_reward
 from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask  # noqa: F401 - short class_path in YAML
 from rewarddance.wandb_resume import WandbRunId, resume_wandb_run
 
@@ -179,6 +180,16 @@ class RewardDanceCLI(LightningCLI):
         # parsed config, as the logger's id is an init argument.
         if self.subcommand == "fit":
             resume_wandb_run(self.config["fit"])
+        self._check_reward()
+
+    def _check_reward(self) -> None:
+        # A model's reward (GeneratorRLTask) is plain data to the parser (rewarddance.rl.rewards.RewardSpec) and is
+        # built in configure_model, after the generator loads; build it once now (rewards build cheaply, weights
+        # load in setup) so a wrong name, class_path or init_args is refused at once, naming the field.
+        model = self.config[self.subcommand].get("model") if self.subcommand else None
+        init_args = model.get("init_args") if isinstance(model, Namespace) else None
+        if isinstance(init_args, Namespace) and init_args.get("reward") is not None:
+            build_reward(init_args["reward"], field="model.init_args.reward")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters with a bare torch.load before the trainer loads it

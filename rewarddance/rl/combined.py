@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rewarddance.errors import UsageError
-from rewarddance.rl.rewards import CandidateSampler, Reward, RewardSpec, build_reward
+from rewarddance.rl.rewards import CandidateSampler, Reward, build_reward
 
 Normalization = Literal["none", "zscore", "rank"]
 NORMALIZATIONS = ("none", "zscore", "rank")
@@ -66,16 +66,21 @@ class CombinedReward(Reward):
     """A weighted sum of normalised rewards.
 
     Args:
-        components: Each ``{"reward": <reward spec: a name, {kind: ...}, an import path>, "weight": float,
-            "normalize": "none" | "zscore" | "rank", "name": str (optional; for the logs)}``.
+        components: Each ``{"reward": <reward spec: a name, {kind: ...}, {class_path: ..., init_args: ...}, an
+            import path>, "weight": float, "normalize": "none" | "zscore" | "rank", "name": str (optional; for
+            the logs)}``.
         eps: Added to a group's std by ``zscore``.
 
     Example (a config's ``reward``)::
 
-        kind: combined
-        components:
-          - {reward: {kind: remote, url: "http://127.0.0.1:8000"}, weight: 1.0, normalize: zscore, name: preference}
-          - {reward: shapes-color, weight: 0.5, normalize: rank}
+        class_path: CombinedReward
+        init_args:
+          components:
+            - reward: {class_path: RemoteReward, init_args: {url: "http://127.0.0.1:8000"}}
+              weight: 1.0
+              normalize: zscore
+              name: preference
+            - {reward: shapes-color, weight: 0.5, normalize: rank}
     """
 
     def __init__(self, components: Sequence[Mapping[str, Any]], eps: float = 1e-6) -> None:
@@ -97,9 +102,11 @@ class CombinedReward(Reward):
                 raise UsageError(
                     f"combined reward, component {i}: normalize must be one of {NORMALIZATIONS}, got {how!r}"
                 )
-            reward = build_reward(component["reward"])
-            spec: RewardSpec = component["reward"]
-            default = spec if isinstance(spec, str) else spec.get("kind") if isinstance(spec, Mapping) else None
+            spec = component["reward"]
+            reward = build_reward(spec, field=f"combined reward, component {i}")
+            default = spec if isinstance(spec, str) else None
+            if isinstance(spec, Mapping):
+                default = spec.get("kind") or spec.get("class_path")
             name = str(component.get("name") or default or type(reward).__name__)
             if name in self.names:
                 name = f"{name}_{i}"

@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from rewarddance.judge.prompting import Query
+from rewarddance.judge.prompting import Query, encode_queries
 from rewarddance.judge.reward_model import RewardModel
-from rewarddance.tasks import GenerativeRewardTask
+from rewarddance.tasks import GenerativeRewardTask, RegressiveRewardTask
 
 CLIENT = Path(__file__).with_name("plain_transformers_client.py")
 # "<image>" in user text must not open an image slot; the client replaces it as the export says.
@@ -90,6 +90,10 @@ def test_plain_transformers_reproduces_score(
     torch.testing.assert_close(torch.tensor(plain["rewards"]), expected, atol=1e-5, rtol=0)
 
 
+# A criteria name, and a text with what the fill rule rewrites: a media word and an image slot in user text.
+CRITERIA = ["visual quality", "  Which {media} has <image> fewer artifacts? "]
+
+
 def test_bundled_reward_model_loads_in_plain_transformers(tmp_path: Path) -> None:
     folder = Path(__file__).resolve().parents[2] / "data" / "reward_models" / "shapes-rm-pairwise"
     images, references = [_noise(5, 64, 64), _noise(6, 64, 64)], [_noise(7, 64, 64), _noise(8, 64, 64)]
@@ -99,7 +103,80 @@ def test_bundled_reward_model_loads_in_plain_transformers(tmp_path: Path) -> Non
         images[i].save(request["candidate"])
         references[i].save(request["reference"])
         requests.append(request)
+    # the same pairs asked with each other criteria (the query's templates.image, {criteria} filled)
+    requests += [{**request, "criteria": criteria} for criteria in CRITERIA for request in requests[: len(PROMPTS)]]
     plain = _plain_rewards(folder, requests, tmp_path)
     assert plain["modules"] == []
-    expected = RewardModel.from_pretrained(folder).score(PROMPTS, images, references=references)
-    torch.testing.assert_close(torch.tensor(plain["rewards"]), expected, atol=1e-5, rtol=0)
+    model = RewardModel.from_pretrained(folder)
+    expected = [model.score(PROMPTS, images, references=references)]
+    expected += [model.score(PROMPTS, images, references=references, criteria=c) for c in CRITERIA]
+    torch.testing.assert_close(torch.tensor(plain["rewards"]), torch.cat(expected), atol=1e-5, rtol=0)
+    # the criteria change what the model reads, so matching them is not matching the default again
+    assert (torch.cat(expected[1:]) - expected[0].repeat(len(CRITERIA))).abs().max() > 1e-4
+
+
+@pytest.mark.slow
+def test_plain_transformers_reproduces_criteria_truncation_and_video(tmp_path: Path) -> None:
+    """A pointwise export held to a token limit that cuts a long prompt, judging stills and videos with criteria."""
+    task = GenerativeRewardTask(paradigm="pointwise", normalization="vocab", num_frames=3)
+    task.configure_model()
+    probe = RewardModel.from_pretrained(task.export_to(tmp_path / "probe"))  # sizes the limit
+    # the longest query with a short prompt: a clip of three sampled frames, with either criteria
+    lengths = []
+    for criteria in (None, "visual quality"):
+        short = probe.queries(["a red circle"], [[_noise(1, 64, 64)] * 5], criteria=criteria)
+        lengths.append(int(encode_queries(probe.backbone, probe.template, short)[0]["attention_mask"].sum()))
+    task.hparams.max_length = max(lengths) + 4  # room for a short prompt only
+    folder = task.export_to(tmp_path / "export")
+    model = RewardModel.from_pretrained(folder)
+    assert model.config["max_length"] == task.hparams.max_length
+
+    long_prompt = "a red circle above " + " and ".join(f"{n} small blue squares" for n in range(2, 40))
+    prompts = ["a red circle", long_prompt]
+    stills = [_noise(1, 64, 64), _noise(2, 64, 64)]
+    clips = [[_noise(10 + t, 64, 64) for t in range(5)], [_noise(20 + t, 64, 64) for t in range(2)]]
+    requests = []
+    for criteria in (None, "visual quality"):
+        for i, prompt in enumerate(prompts):
+            still = str(tmp_path / f"still-{i}.png")
+            stills[i].save(still)
+            frames = []
+            for t, frame in enumerate(clips[i]):
+                frames.append(str(tmp_path / f"clip-{i}-{t}.png"))
+                frame.save(frames[-1])
+            extra = {} if criteria is None else {"criteria": criteria}
+            requests += [{"prompt": prompt, "image": still, **extra}, {"prompt": prompt, "image": frames, **extra}]
+    plain = _plain_rewards(folder, requests, tmp_path)
+    assert plain["modules"] == []
+
+    expected = []
+    for criteria in (None, "visual quality"):
+        for i, prompt in enumerate(prompts):
+            for visual in (stills[i], clips[i]):
+                expected.append(model.score([prompt], [visual], criteria=criteria))
+                cut = model.last_report.truncated
+                assert cut == (prompt == long_prompt)  # the long prompt was cut, by rewarddance and the client
+    torch.testing.assert_close(torch.tensor(plain["rewards"]), torch.cat(expected), atol=1e-5, rtol=0)
+    cut_prompts = {p for p, r in zip(plain["prompts"], requests) if r["prompt"] == long_prompt}
+    assert all(long_prompt.startswith(p) and len(p) < len(long_prompt) for p in cut_prompts)
+
+
+def test_exports_a_client_cannot_reproduce_say_so(tmp_path: Path) -> None:
+    """Regressive and reasons-first rewards are not a next-token readout: the export says so, with the reason."""
+    regressive = RegressiveRewardTask()
+    regressive.configure_model()
+    reasons = GenerativeRewardTask(paradigm="pointwise", rationale_format="reasons_first")
+    reasons.configure_model()
+    plain = GenerativeRewardTask(paradigm="pointwise")
+    plain.configure_model()
+    queries = {}
+    for name, task in (("regressive", regressive), ("reasons_first", reasons), ("plain", plain)):
+        folder = task.export_to(tmp_path / name)
+        queries[name] = json.loads((folder / "rewarddance_reward.json").read_text())["query"]
+    assert queries["plain"]["portable"] is True and queries["plain"]["not_portable"] == []
+    for name, words in (("regressive", "reward_head.pt"), ("reasons_first", "rationale")):
+        query = queries[name]
+        assert query["portable"] is False and len(query["not_portable"]) == 1
+        assert query["not_portable"][0].startswith(name) and words in query["not_portable"][0]
+    assert queries["regressive"]["readout"]["kind"] == "regressive_head"
+    assert queries["reasons_first"]["readout"]["kind"] == "after_generated_rationale"
