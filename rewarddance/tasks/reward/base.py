@@ -228,21 +228,17 @@ class RewardTask(RewardEvaluation):
 
     @property
     def example_retriever(self) -> ExampleRetriever:
-        """Chooses each query's in-context examples from :attr:`examples_pool` (built again when the pool changes)."""
-        k, mode, seed = self.retrieval_settings()
+        """Chooses each query's in-context examples from :attr:`examples_pool` (built again when it or the settings change)."""
+        settings = (*self.retrieval_settings(), self.hparams.yes_word, self.rationale_format)
         cached = self.__dict__.get("_example_retriever")
-        if cached is None or cached[0] is not self.examples_pool:
+        if cached is None or cached[0] is not self.examples_pool or cached[1] != settings:
+            k, mode, seed, yes_word, rationale_format = settings
             retriever = ExampleRetriever(
-                self.examples_pool,
-                k,
-                mode,
-                seed,
-                yes_word=self.hparams.yes_word,
-                rationale_format=self.rationale_format,
+                self.examples_pool, k, mode, seed, yes_word=yes_word, rationale_format=rationale_format
             )
-            cached = (self.examples_pool, retriever)
+            cached = (self.examples_pool, settings, retriever)
             self.__dict__["_example_retriever"] = cached
-        return cached[1]
+        return cached[2]
 
     def make_query(
         self,
