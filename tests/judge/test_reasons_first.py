@@ -68,7 +68,7 @@ def test_pairwise_rl_reward_chooses_references_and_explains_each_comparison(expo
     reward.setup(sampler)
     reward.prepare([PROMPT], [META])
     rewards = reward(_images(2, 9), [PROMPT, PROMPT], [META, META])
-    assert rewards.shape == (2,) and ((0 < rewards) & (rewards < 1)).all()
+    assert rewards.shape == (2,) and ((rewards > 0) & (rewards < 1)).all()
     assert len(reward.last_rationales) == 2
     assert all(r.splitlines()[0].startswith("reference 1:") and "\nreference 2:" in r for r in reward.last_rationales)
 
