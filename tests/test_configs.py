@@ -42,3 +42,24 @@ def test_data_fragment_points_at_bundled_shards():
     root = CONFIGS.parent
     for split in [config["train"], config["val"], *config["test"].values()]:
         assert (root / split / "manifest.json").exists(), split
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("shapes_cot.yaml", [], {"rationale_format": "judgment_first", "examples": 0}),
+        (
+            "shapes_cot.yaml",
+            ["--model.init_args.rationale_format", "reasons_first"],
+            {"rationale_format": "reasons_first"},
+        ),
+        ("shapes_icl.yaml", [], {"examples": 2, "example_retrieval": "similar", "example_pool": 256}),
+        ("shapes_icl.yaml", ["--model.init_args.example_retrieval", "tag"], {"example_retrieval": "tag"}),
+    ],
+)
+def test_context_configs_set_rationales_and_retrieved_examples(name, options, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "reward" / name), *options, "--print_config"])
+    assert exit_info.value.code == 0
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert {k: init_args[k] for k in expected} == expected

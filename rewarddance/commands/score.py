@@ -40,7 +40,7 @@ def load_visual(path: str | Path) -> Image.Image | list[Image.Image]:
 
 
 def _folder_items(folder: Path) -> Iterator[dict[str, Any]]:
-    """Rows of ``metadata.jsonl`` ({"file_name", "prompt", optional "reference"}), as in HF imagefolder."""
+    """Rows of ``metadata.jsonl`` ({"file_name", "prompt", optional "reference", "tag"}), as in HF imagefolder."""
     meta = folder / "metadata.jsonl"
     if not meta.exists():
         raise FileNotFoundError(f"{folder} needs a metadata.jsonl with one {{'file_name', 'prompt'}} object per line")
@@ -53,6 +53,7 @@ def _folder_items(folder: Path) -> Iterator[dict[str, Any]]:
             "prompt": row["prompt"],
             "image": load_visual(folder / row["file_name"]),
             "reference": load_visual(folder / row["reference"]) if row.get("reference") else None,
+            "tag": row.get("tag") or row.get("category"),
         }
 
 
@@ -67,6 +68,7 @@ def _shard_items(source: str) -> Iterator[dict[str, Any]]:
                 "category": s.category,
                 "source": s.source,
                 "criteria": s.criteria,
+                "tag": (s.meta or {}).get("tag") or s.category,
                 **_ranking(s),
             }
             if s.kind == "pair":
@@ -134,7 +136,8 @@ def score(
         out: Batch form: the JSONL file to write (one {"key", "prompt", "reward", ...} per item). Pairs
             from shards also get "label", "category", "source" and, when cut from a ranking, "group"
             (the ranking's key, shared by the pairs of one prompt), "pair" (the images' indices in it)
-            and "ranks" (theirs, lower = better); pointwise models add "reward_first".
+            and "ranks" (theirs, lower = better); pointwise models add "reward_first". A reasons-first
+            model adds the "rationale" it wrote before its judgment (and "rationale_first").
         criteria: A criteria name of the model's template (e.g. "visual quality"), default the model's.
         batch_size: Items per forward pass.
         convention: How the pairs' accuracy is counted. "auto": by the shards' source, computed per
@@ -173,6 +176,8 @@ def score(
             raise UsageError(f"{model} is a pairwise reward model: give --reference (image 1 of the comparison)")
         reward = reward_model.score([prompt], visuals, refs, criteria=criteria)[0].item()
         _warn_truncated(reward_model, [f"--image {image!r}"])
+        if reward_model.last_rationales:
+            print(f"rationale: {reward_model.last_rationales[0]}")
         print(f"reward {reward:.6f}")
         return reward
     assert out is not None
@@ -206,7 +211,9 @@ def score(
 def _labelled_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of pairs with a pair label, without the prompt (all the accuracy needs)."""
     return [
-        {k: v for k, v in r.items() if k != "prompt"} for r in records if r.get("label") in ("first", "second", "tie")
+        {k: v for k, v in r.items() if k not in ("prompt", "rationale", "rationale_first")}
+        for r in records
+        if r.get("label") in ("first", "second", "tie")
     ]
 
 
@@ -236,12 +243,14 @@ def accuracy_report(records: list[dict[str, Any]], convention: Convention = "aut
 
 def _rewards(
     reward_model: Any, items: list[dict[str, Any]], image_key: str, criteria: str | None, with_reference: bool
-) -> Any:
+) -> tuple[Any, list[str | None]]:
     """Rewards of ``items``, each judged by its own criteria (a shard sample's ``criteria``, e.g.
-    "visual quality" for a degraded pair) unless ``criteria`` is given for all, as in training."""
+    "visual quality" for a degraded pair) unless ``criteria`` is given for all, as in training; and
+    the rationale of each (None unless the model writes one before its judgment)."""
     import torch
 
     out = torch.zeros(len(items))
+    rationales: list[str | None] = [None] * len(items)
     groups: dict[str | None, list[int]] = {}
     for index, item in enumerate(items):
         groups.setdefault(criteria or item.get("criteria"), []).append(index)
@@ -249,12 +258,19 @@ def _rewards(
         chosen = [items[i] for i in indices]
         references = [i["reference"] for i in chosen] if with_reference else None
         rewards = reward_model.score(
-            [i["prompt"] for i in chosen], [i[image_key] for i in chosen], references, criteria=group_criteria
+            [i["prompt"] for i in chosen],
+            [i[image_key] for i in chosen],
+            references,
+            criteria=group_criteria,
+            tags=[i.get("tag") for i in chosen],
+            keys=[i["key"] for i in chosen],  # a model with an example pool never shows an item its own sample
         )
         out[indices] = rewards
+        for index, text in zip(indices, reward_model.last_rationales or []):
+            rationales[index] = text
         if image_key == "image":  # a pair's first image is judged with the same prompt: warn once
             _warn_truncated(reward_model, [f"sample {i['key']!r}" for i in chosen])
-    return out
+    return out, rationales
 
 
 def _warn_truncated(reward_model: Any, names: list[str]) -> None:
@@ -273,15 +289,19 @@ def _score_chunk(
     reward_model: Any, chunk: list[dict[str, Any]], pairwise: bool, criteria: str | None, f: Any
 ) -> list[dict[str, Any]]:
     """Score ``chunk``, write one JSONL record per item to ``f`` and return the records."""
-    if pairwise:
-        rewards = _rewards(reward_model, chunk, "image", criteria, with_reference=True)
-        extra: list[dict[str, Any]] = [{} for _ in chunk]
-    else:
-        rewards = _rewards(reward_model, chunk, "image", criteria, with_reference=False)
+    rewards, rationales = _rewards(reward_model, chunk, "image", criteria, with_reference=pairwise)
+    extra: list[dict[str, Any]] = [{} if text is None else {"rationale": text} for text in rationales]
+    if not pairwise:
         # A pair from a shard also gets its first image's reward, so the pair can be compared.
         firsts = [i for i in chunk if "first" in i]
-        first_rewards = iter(_rewards(reward_model, firsts, "first", criteria, with_reference=False).tolist())
-        extra = [{"reward_first": next(first_rewards)} if "first" in i else {} for i in chunk]
+        first_rewards, first_rationales = _rewards(reward_model, firsts, "first", criteria, with_reference=False)
+        by_item = iter(zip(first_rewards.tolist(), first_rationales))
+        for item, more in zip(chunk, extra):
+            if "first" in item:
+                reward_first, text = next(by_item)
+                more["reward_first"] = reward_first
+                if text is not None:
+                    more["rationale_first"] = text
     records = []
     for item, reward, more in zip(chunk, rewards.tolist(), extra):
         record = {k: item[k] for k in RECORD_FIELDS if item.get(k) is not None}

@@ -33,11 +33,13 @@ class Generation:
         scores: ``[K]`` verifier scores, or None for plain sampling.
         nfe: Denoiser evaluations spent (sample-steps, plus search's clean-image predictions for the verifier;
             doubled with classifier-free guidance).
+        rationales: ``[K]`` the verifier's rationale behind each score (a reasons-first reward model), else None.
     """
 
     images: Tensor
     scores: Tensor | None
     nfe: int
+    rationales: list[str] | None = None
 
 
 class _PromptRun:
@@ -63,6 +65,7 @@ class _PromptRun:
         self.steps = self.base.num_steps
         self.cost = 2 if self.base.do_cfg else 1  # denoiser passes per sample-step
         self.extra_nfe = 0
+        self.last_rationales: list[str] | None = None
         self._contexts: dict[int, DenoisingContext] = {}
 
     def context(self, n: int) -> DenoisingContext:
@@ -76,7 +79,9 @@ class _PromptRun:
     def verify(self, images: Tensor) -> Tensor:
         if self.verifier is None:
             raise ValueError("this mode needs a verifier (a reward model or reward)")
-        return self.verifier(images, self.prompt, self.metadata)
+        scores = self.verifier(images, self.prompt, self.metadata)
+        self.last_rationales = getattr(self.verifier, "last_rationales", None)
+        return scores
 
     def score(self, latents: Tensor, step: int) -> Tensor:
         if step < self.steps:
@@ -96,7 +101,11 @@ def _best_of_n(run: _PromptRun, noise: Tensor, num_images: int) -> Generation:
     candidates = _plain(run, noise)
     scores = run.verify(candidates.images)
     order = torch.sort(scores, descending=True, stable=True).indices[:num_images]
-    return Generation(candidates.images[order], scores[order], candidates.nfe)
+    return Generation(candidates.images[order], scores[order], candidates.nfe, _pick(run.last_rationales, order))
+
+
+def _pick(rationales: list[str] | None, indices: Tensor | None) -> list[str] | None:
+    return None if rationales is None or indices is None else [rationales[i] for i in indices.tolist()]
 
 
 def _search(
@@ -125,7 +134,10 @@ def _search(
         generator=seed,
     )
     images = run.decode(result.latents[:num_images])
-    return Generation(images, result.scores[:num_images], (result.nfe + run.extra_nfe) * run.cost)
+    # The search's last verifier call judged the returned samples: its rationales follow them.
+    chosen = result.chosen[:num_images] if result.chosen is not None else None
+    rationales = _pick(run.last_rationales, chosen)
+    return Generation(images, result.scores[:num_images], (result.nfe + run.extra_nfe) * run.cost, rationales)
 
 
 @torch.no_grad()

@@ -52,12 +52,15 @@ class PathSearchResult:
         scores: ``[N]`` their verifier scores at the last step.
         nfe: Denoiser steps x samples spent (multiply by 2 for CFG if the denoiser runs twice per step).
         best_scores: Best verifier score after each branching round.
+        chosen: ``[N]`` where each returned sample was in the verifier's last call (its candidates in order),
+            so what that call produced besides the scores (a rationale per candidate) can follow the samples.
     """
 
     latents: Tensor
     scores: Tensor
     nfe: int
     best_scores: list[float] = field(default_factory=list)
+    chosen: Tensor | None = None
 
 
 def _top(scores: Tensor, k: int) -> Tensor:
@@ -116,6 +119,7 @@ def search_over_paths(
     paths = run(latents, 0, steps[0] if steps else num_steps)
     best_scores: list[float] = []
     scores: Tensor | None = None
+    chosen: Tensor | None = None
     for index, step in enumerate(steps):
         end = steps[index + 1] if index + 1 < len(steps) else num_steps
         copies = paths.repeat_interleave(num_branches, dim=0)
@@ -128,6 +132,6 @@ def search_over_paths(
         best_scores.append(float(scores[0]))
     if scores is None:
         scores = torch.as_tensor(verifier(paths, num_steps)).reshape(-1)
-        order = _top(scores, len(scores))
-        paths, scores = paths[order.to(paths.device)], scores[order]
-    return PathSearchResult(latents=paths, scores=scores, nfe=nfe, best_scores=best_scores)
+        chosen = _top(scores, len(scores))
+        paths, scores = paths[chosen.to(paths.device)], scores[chosen]
+    return PathSearchResult(latents=paths, scores=scores, nfe=nfe, best_scores=best_scores, chosen=chosen)

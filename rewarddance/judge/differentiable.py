@@ -123,6 +123,7 @@ def differentiable_rewards(
     criteria: str | None = None,
     normalization: Normalization | None = None,
     quantize: bool = True,
+    tags: Sequence[str | None] | None = None,
 ) -> Tensor:
     """Rewards with gradients to the image tensor: what ReFL backpropagates into a generator.
 
@@ -147,6 +148,7 @@ def differentiable_rewards(
         criteria: RewardModel: criteria name or text (default: the exported one).
         normalization: Backbone: ``"yes_no"`` (default) or ``"vocab"``; a RewardModel uses its own.
         quantize: See :func:`rewarddance.models.pixels.pixel_inputs_from_tensor`.
+        tags: RewardModel: each image's tag, for a model that retrieves its in-context examples by tag.
 
     Returns:
         ``[B]`` float32 rewards on the model's device, differentiable w.r.t. ``images`` (and
@@ -171,7 +173,7 @@ def differentiable_rewards(
         backbone = model.backbone
         backbone.model.eval()  # as RewardModel.score: a frozen judge, no dropout
         recorder = _RecordingProcessor(backbone.processor)
-        queries = model.queries(list(prompts), candidates, refs, criteria)
+        queries = model.queries(list(prompts), candidates, refs, criteria, tags=tags)
         batch, _ = encode_queries(
             dataclasses.replace(backbone, processor=recorder),
             model.template,

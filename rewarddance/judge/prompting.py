@@ -265,7 +265,9 @@ class Query:
         instruction: Instruction text; None uses the template's.
         answer: Target answer text (training), or None (scoring).
         examples: Solved queries shown before this one as earlier chat turns (their ``answer`` set).
-        key: Sample key, for error messages.
+        key: Sample key, for error messages (and so a sample is never its own in-context example).
+        tag: The sample's tag (GenEval tag or category): in-context examples can be retrieved by it
+            (:mod:`rewarddance.judge.examples`). Not shown to the model.
     """
 
     question: QuestionKind
@@ -276,6 +278,7 @@ class Query:
     answer: str | None = None
     examples: list[Query] = field(default_factory=list)
     key: str = ""
+    tag: str | None = None
 
 
 def _clean(text: str) -> str:

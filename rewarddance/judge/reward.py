@@ -1,8 +1,17 @@
-"""A trained reward model as an RL reward: :class:`RewardModelReward`, registered as ``reward_model``."""
+"""A trained reward model as an RL reward: :class:`RewardModelReward`, registered as ``reward_model``.
+
+A reasons-first model (trained to write its rationale before the judgment) is a reward too, wherever no
+gradient is needed: GRPO reads reward values only, and best-of-N references are chosen without gradients.
+Its rewards are read the way :meth:`RewardModel.score` reads them (the rationale generated greedily, then
+P("yes") after it) and its rationales are kept in :attr:`RewardModelReward.last_rationales`. ReFL, which
+backpropagates the reward into the generator, refuses it: sampling the rationale token by token has no
+gradient (:attr:`RewardModelReward.differentiable` is False, and a call on images that need gradients raises).
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from rewarddance.errors import UsageError
+from rewarddance.models.pixels import to_pil_images
 from rewarddance.rl.reference import ReferenceCache, ReferenceSelection
 from rewarddance.rl.rewards import CandidateSampler, Reward, register_reward
 
@@ -72,6 +82,9 @@ class RewardModelReward(Reward):
         self.cache = ReferenceCache(max_prompts=cache_size)
         self.model: Any = None  # rewarddance.judge.reward_model.RewardModel once set up
         self.sampler: CandidateSampler | None = None
+        self.last_rationales: list[str] | None = None
+        """Reasons-first models: the rationale behind each reward of the last call (pairwise: one line per
+        reference, ``reference <j>: <rationale>``); None for other models."""
 
     def setup(self, sampler: CandidateSampler | None = None) -> None:
         """Load the model (once), freeze it, and keep the starting-model sampler for references.
@@ -112,6 +125,25 @@ class RewardModelReward(Reward):
             raise RuntimeError("Call setup() before using the reward model")
         return self.model
 
+    @property
+    def reasons_first(self) -> bool:
+        """Whether the model writes its rationale before the judgment (then its rewards carry no gradient)."""
+        if self.model is not None:
+            return bool(self.model.reasons_first)
+        from rewarddance.judge.reward_model import EXPORT_CONFIG
+
+        # Before setup: read the export's record (no weights), so a config can be checked cheaply.
+        try:
+            config = json.loads((Path(self.path) / EXPORT_CONFIG).read_text())
+        except (OSError, ValueError):
+            return False
+        return config.get("kind") == "generative" and config.get("rationale_format") == "reasons_first"
+
+    @property
+    def differentiable(self) -> bool:  # type: ignore[override]
+        """False for a reasons-first model: its rationale is sampled token by token, which has no gradient."""
+        return not self.reasons_first
+
     def to(self, device: torch.device | str) -> RewardModelReward:
         self._model().to(device)
         return self
@@ -125,23 +157,53 @@ class RewardModelReward(Reward):
             return {}
         return {"references/prompts": float(len(self.cache)), "references/hits": float(self.cache.hits)}
 
-    def _differentiable(self, images: Tensor, prompts: Sequence[str], references: Tensor | None = None) -> Tensor:
+    def _differentiable(
+        self,
+        images: Tensor,
+        prompts: Sequence[str],
+        references: Tensor | None = None,
+        tags: Sequence[str | None] | None = None,
+    ) -> Tensor:
+        model = self._model()
+        if model.reasons_first:
+            return self._generated(images, prompts, references, tags)
         from rewarddance.judge.differentiable import differentiable_rewards
 
+        self.last_rationales = None
         return differentiable_rewards(
-            self._model(), list(prompts), images, references, criteria=self.criteria, quantize=self.quantize
+            model, list(prompts), images, references, criteria=self.criteria, quantize=self.quantize, tags=tags
         )
 
-    def judge(self, prompt: str, first: Tensor, second: Tensor) -> Tensor:
+    def _generated(
+        self, images: Tensor, prompts: Sequence[str], references: Tensor | None, tags: Sequence[str | None] | None
+    ) -> Tensor:
+        """A reasons-first model's rewards: rationale generated, then P(yes), as ``RewardModel.score`` reads them."""
+        if torch.is_grad_enabled() and (images.requires_grad or (references is not None and references.requires_grad)):
+            raise UsageError(
+                f"{self.path} is a reasons-first reward model: it generates its rationale token by token before the "
+                "judgment, and that sampling has no gradient, so the reward cannot be backpropagated into the "
+                "generator (ReFL). Use it with algorithm: grpo or for best-of-N, or train a judgment-first "
+                "(rationale_format: judgment_first) or plain reward model for ReFL."
+            )
+        model = self._model()
+        refs = to_pil_images(references) if references is not None else None
+        rewards = model.score(
+            list(prompts), to_pil_images(images), refs, criteria=self.criteria, batch_size=len(prompts), tags=tags
+        )
+        self.last_rationales = list(model.last_rationales or [])
+        return rewards.to(images.device)
+
+    def judge(self, prompt: str, first: Tensor, second: Tensor, tag: str | None = None) -> Tensor:
         """P(``second`` better than ``first``) for a batch of pairs of one prompt (no gradient)."""
         with torch.no_grad():
-            return self._differentiable(second, [prompt] * second.shape[0], references=first).float()
+            n = second.shape[0]
+            return self._differentiable(second, [prompt] * n, references=first, tags=[tag] * n).float()
 
     def reference_seed(self, prompt: str) -> int:
         """Seed of a prompt's candidate samples: fixed per prompt, so references do not depend on batch order."""
         return (self.seed * 1_000_003 + zlib.crc32(prompt.encode())) % 2**31
 
-    def references(self, prompt: str) -> ReferenceSelection:
+    def references(self, prompt: str, tag: str | None = None) -> ReferenceSelection:
         """The cached references of ``prompt``, choosing them first on a miss (``best_of_n`` samples, ranked)."""
         if self.sampler is None:
             raise RuntimeError("No starting-model sampler: call setup(sampler)")
@@ -149,7 +211,7 @@ class RewardModelReward(Reward):
         return self.cache.get_or_select(
             prompt,
             lambda: sampler(prompt, self.best_of_n, self.reference_seed(prompt)),
-            functools.partial(self.judge, prompt),
+            functools.partial(self.judge, prompt, tag=tag),
             k=self.top_k,
             which=self.which,
             both_orders=self.both_orders,
@@ -159,19 +221,37 @@ class RewardModelReward(Reward):
 
     def prepare(self, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
         if self.needs_references:
-            for prompt in prompts:
-                self.references(prompt)
+            for prompt, tag in zip(prompts, _tags(metadata, len(prompts))):
+                self.references(prompt, tag)
 
     def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> Tensor:
+        tags = _tags(metadata, len(prompts))
         if not self.needs_references:
-            return self._differentiable(images, prompts).float()
+            return self._differentiable(images, prompts, tags=tags).float()
         k = self.top_k
-        references = torch.cat([self.references(p).references for p in prompts]).to(images.device, images.dtype)
+        references = torch.cat([self.references(p, t).references for p, t in zip(prompts, tags)])
+        references = references.to(images.device, images.dtype)
         # Each candidate against each of its prompt's k references, in one batch: [B * k].
         rewards = self._differentiable(
-            images.repeat_interleave(k, dim=0), [p for p in prompts for _ in range(k)], references=references
+            images.repeat_interleave(k, dim=0),
+            [p for p in prompts for _ in range(k)],
+            references=references,
+            tags=[t for t in tags for _ in range(k)],
         )
+        if self.last_rationales is not None:
+            per_pair = self.last_rationales
+            self.last_rationales = [
+                "\n".join(f"reference {j + 1}: {per_pair[i * k + j]}" for j in range(k)) for i in range(len(prompts))
+            ]
         return rewards.float().view(len(prompts), k).mean(dim=1)
 
     def __repr__(self) -> str:
-        return f"RewardModelReward(path={self.path!r}, best_of_n={self.best_of_n}, top_k={self.top_k})"
+        order = ", reasons-first: rationale generated before the judgment, no gradient" if self.reasons_first else ""
+        return f"RewardModelReward(path={self.path!r}, best_of_n={self.best_of_n}, top_k={self.top_k}{order})"
+
+
+def _tags(metadata: Sequence[Mapping[str, Any]] | None, n: int) -> list[str | None]:
+    """Each prompt's GenEval tag (for a model that retrieves its in-context examples by tag), None where absent."""
+    if not metadata:
+        return [None] * n
+    return [str(m["tag"]) if isinstance(m, Mapping) and m.get("tag") else None for m in metadata]

@@ -403,3 +403,19 @@ def test_cli_fit_other_configs(shards, tmp_path, config, task_class):
     cli = main(_fit_args(config, shards, tmp_path, "--model.init_args.export=false"))
     assert isinstance(cli.model, task_class) and cli.trainer.global_step == 2
     assert "val/acc" in cli.trainer.callback_metrics
+
+
+@pytest.mark.slow  # ~6 s on a 2-core box: two fits; tests/test_configs.py parses both configs in the default tier
+def test_cli_fit_context_configs(shards, tmp_path):
+    """The shipped CoT (reasons first here) and in-context configs train, validate and export end to end."""
+    cot = main(
+        _fit_args("shapes_cot.yaml", shards, tmp_path / "cot", "--model.init_args.rationale_format=reasons_first")
+    )
+    assert cot.trainer.global_step == 2 and "val/acc" in cot.trainer.callback_metrics
+    assert RewardModel.from_pretrained(cot.model.export_path).reasons_first
+    icl = main(_fit_args("shapes_icl.yaml", shards, tmp_path / "icl"))
+    assert icl.trainer.global_step == 2 and "val/acc" in icl.trainer.callback_metrics
+    pool = icl.model.examples_pool["pairwise"]
+    assert len(pool) >= 2 and len({q.key for q in pool}) == len(pool)  # the tiny train split holds fewer than 256
+    model = RewardModel.from_pretrained(icl.model.export_path)
+    assert model.retriever.mode == "similar" and len(model.retriever.pool["pairwise"]) == len(pool)

@@ -20,6 +20,7 @@ from rewarddance.data.schema import Clip, Sample
 from rewarddance.distributed import is_sharded, shard_task, unsharded_copy
 from rewarddance.errors import UsageError
 from rewarddance.judge.batch import BadInputPolicy, QueryEncoder, RewardBatch, RewardCollator, SampleRows, TiePolicy
+from rewarddance.judge.examples import ExampleRetriever, RetrievalMode, pool_to_json, sample_tag
 from rewarddance.judge.export import export_reward_model
 from rewarddance.judge.losses import pair_label_to_target
 from rewarddance.judge.prompting import (
@@ -221,6 +222,24 @@ class RewardTask(RewardEvaluation):
             counts["criteria_verbatim"] += 1
         return text
 
+    def retrieval_settings(self) -> tuple[int, RetrievalMode, int]:
+        """``(k, mode, seed)`` of the in-context examples: here every example of the pool, in order."""
+        return max((len(v) for v in self.examples_pool.values()), default=0), "first", 0
+
+    @property
+    def example_retriever(self) -> ExampleRetriever:
+        """Chooses each query's in-context examples from :attr:`examples_pool` (built again when it or the settings change)."""
+        settings = (*self.retrieval_settings(), self.hparams.yes_word, self.rationale_format)
+        cached = self.__dict__.get("_example_retriever")
+        if cached is None or cached[0] is not self.examples_pool or cached[1] != settings:
+            k, mode, seed, yes_word, rationale_format = settings
+            retriever = ExampleRetriever(
+                self.examples_pool, k, mode, seed, yes_word=yes_word, rationale_format=rationale_format
+            )
+            cached = (self.examples_pool, settings, retriever)
+            self.__dict__["_example_retriever"] = cached
+        return cached[2]
+
     def make_query(
         self,
         question: QuestionKind,
@@ -230,8 +249,9 @@ class RewardTask(RewardEvaluation):
         answer: str | None = None,
         counts: Counter[str] | None = None,
     ) -> Query:
-        """A query about ``sample`` showing ``clips`` (with in-context examples, minus the sample itself)."""
-        examples = [e for e in self.examples_pool.get(question, []) if e.key != sample.key]
+        """A query about ``sample`` showing ``clips``, with its in-context examples (never the sample itself)."""
+        tag = sample_tag(sample)
+        examples = self.example_retriever.choose(question, sample.prompt, tag, sample.key) if self.examples_pool else []
         return Query(
             question=question,
             prompt=sample.prompt,
@@ -241,6 +261,7 @@ class RewardTask(RewardEvaluation):
             answer=answer,
             examples=examples,
             key=sample.key,
+            tag=tag,
         )
 
     @property
@@ -367,9 +388,15 @@ class RewardTask(RewardEvaluation):
         if isinstance(model, PeftModel):
             model = copy.deepcopy(model).merge_and_unload()
         plain = dataclasses.replace(backbone, model=model)
-        return export_reward_model(
-            folder, plain, self.export_config(), head=self.export_head(), examples=self.examples_pool
-        )
+        config = self.export_config()
+        k, mode, seed = self.retrieval_settings()
+        examples: dict[str, list[Query]] | None = {kind: pool[:k] for kind, pool in self.examples_pool.items()}
+        if mode != "first" and any(self.examples_pool.values()):
+            # Retrieved per query: the whole pool is saved with the retrieval settings, and the portable query
+            # (which can only show a fixed context) shows none.
+            config["example_pool"] = pool_to_json(self.examples_pool, Path(folder), k=k, mode=mode, seed=seed)
+            examples = None
+        return export_reward_model(folder, plain, config, head=self.export_head(), examples=examples)
 
     def _export_dir(self) -> Path:
         if self.hparams.export_dir:

@@ -15,7 +15,7 @@ from rewarddance.data.schema import Sample
 from rewarddance.errors import UsageError
 from rewarddance.judge.batch import RewardBatch, SampleRows
 from rewarddance.judge.evaluation import EvalSetMetrics
-from rewarddance.judge.examples import select_examples
+from rewarddance.judge.examples import DEFAULT_POOL, RETRIEVAL_MODES, RetrievalMode, select_examples
 from rewarddance.judge.losses import answer_cross_entropy, pointwise_generative_loss
 from rewarddance.judge.prompting import Query, QuestionKind, RationaleFormat, swap_image_mentions
 from rewarddance.judge.readout import Normalization, generative_log_probs, generative_rewards, judgment_log_probs
@@ -45,10 +45,15 @@ class GenerativeRewardTask(RewardTask):
             0.1 (the paper gives none): BT ranks, the small CE keeps P(yes) on the right side of 0.5.
         point_samples: Pairwise paradigm: ``skip`` point samples (counted) or train them with
             the template's ``pointwise`` question as an auxiliary task.
-        examples: In-context solved examples (k) shown before every query as earlier chat turns.
-            A fixed set, the first k labelled samples (alternating yes/no) of ``examples_from``, so
-            training, evaluation and the export all see the same context.
-        examples_from: Shards to draw the examples from; null: the DataModule's train source.
+        examples: In-context solved examples (k) shown before every query as earlier chat turns,
+            chosen from a pool (the first labelled samples of ``examples_from``, yes and no
+            alternating) by ``example_retrieval``; training, evaluation and the export's scoring
+            choose alike (:mod:`rewarddance.judge.examples`). A query's own sample is never shown.
+        examples_from: Shards to draw the pool from; null: the DataModule's train source.
+        example_retrieval: ``first`` (the first k of the pool for every query), ``tag`` (same tag as the
+            query first, seeded order) or ``similar`` (nearest prompts by TF-IDF cosine). All keep yes/no balanced.
+        example_pool: Pool size per question kind; null: k for ``first``, 256 otherwise.
+        example_seed: Seed of the retrieval order and tie-breaks.
         max_new_tokens: Reasons-first scoring: longest generated rationale.
         **kwargs: See :class:`RewardTask` (backbone, template, optimizer, export...).
     """
@@ -65,12 +70,23 @@ class GenerativeRewardTask(RewardTask):
         point_samples: PointPolicy = "skip",
         examples: int = 0,
         examples_from: str | list[str] | None = None,
+        example_retrieval: RetrievalMode = "first",
+        example_pool: int | None = None,
+        example_seed: int = 0,
         max_new_tokens: int = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if examples < 0:
             raise ValueError(f"examples must be >= 0, got {examples}")
+        if example_retrieval not in RETRIEVAL_MODES:
+            raise UsageError(
+                f"model.init_args.example_retrieval must be one of {list(RETRIEVAL_MODES)}, got {example_retrieval!r}"
+            )
+        if example_pool is not None and example_pool < examples:
+            raise UsageError(
+                f"model.init_args.example_pool ({example_pool}) must hold at least the {examples} examples shown per query"
+            )
         self.paradigm = paradigm
         self.normalization: Normalization = normalization
         self.rationale_format = rationale_format
@@ -174,12 +190,17 @@ class GenerativeRewardTask(RewardTask):
             return "pointwise", dataclasses.replace(query, examples=[]), t > 0.5
         return None
 
+    def retrieval_settings(self) -> tuple[int, RetrievalMode, int]:
+        return self.hparams.examples, self.hparams.example_retrieval, self.hparams.example_seed
+
     def load_examples(self, source: str | list[str], scan: int = 5000) -> dict[str, list[Query]]:
-        """The fixed in-context examples: per question kind, k from the start of ``source``, yes/no alternating."""
+        """The pool of in-context examples: per question kind, from the start of ``source``, yes/no alternating."""
         kinds: list[QuestionKind] = ["pointwise"] if self.paradigm == "pointwise" else ["pairwise"]
         if self.paradigm == "pairwise" and self.hparams.point_samples == "pointwise":
             kinds.append("pointwise")
-        return select_examples(source, self.example_query, kinds, self.hparams.examples, scan)
+        k, mode = self.hparams.examples, self.hparams.example_retrieval
+        size = self.hparams.example_pool or (k if mode == "first" else DEFAULT_POOL)
+        return select_examples(source, self.example_query, kinds, k, max(scan, 4 * size), size=size)
 
     # -- scoring ---------------------------------------------------------------------------------
 
