@@ -207,8 +207,10 @@ def portable_query(
     ``portable`` is False, with the reasons in ``not_portable``, where a client cannot reproduce
     :meth:`RewardModel.score` from these files: a regressive model (its reward is a scalar head in
     ``reward_head.pt`` on rewarddance's pooled hidden state, not a next-token readout), a reasons-first
-    model (the reward is read after a rationale the model generates first), or a processor left as
-    rewarddance saved it (InternVL: the upstream class would tile images differently).
+    model (the reward is read after a rationale the model generates first), a model that retrieves its in-context
+    examples per query (``example_pool`` in ``config``: which examples a query is shown depends on its tag or
+    prompt, chosen by rewarddance's retriever; these messages show none), or a processor left as rewarddance saved
+    it (InternVL: the upstream class would tile images differently).
     """
     template = Template.from_dict(config["template"], source=EXPORT_CONFIG)
     pairwise = config["kind"] == "generative" and config["paradigm"] == "pairwise"
@@ -242,6 +244,16 @@ def portable_query(
         )
     else:
         readout = "next_token"
+    pool = config.get("example_pool")
+    if pool:
+        # Retrieval could be written as data (the pool, the TF-IDF and seeded-order rules), but a client would have
+        # to reimplement rewarddance's retriever bit for bit: refused instead, so a client knows to serve the model.
+        not_portable.append(
+            f"example_retrieval {pool.get('retrieval')}: the model was trained with {pool.get('k')} in-context "
+            f"examples chosen per query from its pool (under {pool.get('dir')}/) by rewarddance's retriever "
+            "(rewarddance.judge.examples); these messages show none, and a client without rewarddance cannot choose "
+            "them. Serve the model (python -m rewarddance serve; items carry their tag) or use RewardModel.score"
+        )
     if not upstream_processor:
         not_portable.append(
             "the processor files name rewarddance's own image processor (the upstream class would tile images "

@@ -10,6 +10,10 @@ backoff, a bounded number of times; then :class:`RemoteRewardError` names the se
 error. An answer with the wrong number of rewards, or a null reward, is an error too (naming the sample), never a
 0 and never a reward assigned to another sample. :meth:`RemoteReward.submit` returns a future, so a caller can
 sample its next batch while the server scores this one.
+
+:class:`RemoteReward` sends each prompt's GenEval ``tag`` (from the prompt metadata) with its items, so a model that
+retrieves its in-context examples by tag is asked as the in-process ``reward_model`` reward asks it, and keeps the
+rationales a reasons-first model served in :attr:`RemoteReward.last_rationales`, as ``RewardModelReward`` does.
 """
 
 from __future__ import annotations
@@ -147,6 +151,11 @@ class RemoteReward(Reward):
         which: Pairwise: ``top`` or ``bottom`` references by win count.
         both_orders: Pairwise: judge each pair in both orders while ranking.
         seed: Pairwise: seed of the reference samples (per prompt: derived from it and the prompt text).
+
+    Attributes:
+        last_rationales: What a reasons-first model wrote before its judgments in the last call to complete, one per
+            sample (pairwise: one line per reference, ``reference j: ...``); None when the server returned none
+            (models without rationales).
     """
 
     differentiable = False
@@ -185,6 +194,7 @@ class RemoteReward(Reward):
         self._lock = threading.Lock()
         self.requests = 0
         self.seconds = 0.0  # wall time spent waiting for the server in __call__ (what overlapping hides)
+        self.last_rationales: list[str] | None = None
 
     # -- Reward protocol ------------------------------------------------------------------------------------
 
@@ -216,8 +226,8 @@ class RemoteReward(Reward):
 
     def prepare(self, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
         if self.pairwise:
-            for prompt in prompts:
-                self.references(prompt)
+            for prompt, tag in zip(prompts, prompt_tags(metadata, len(prompts))):
+                self.references(prompt, tag)
 
     def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> Tensor:
         started = time.monotonic()
@@ -230,20 +240,22 @@ class RemoteReward(Reward):
         """Start scoring ``images`` and return at once: ``future.result()`` is the ``[B]`` rewards (float32, CPU).
 
         The images are encoded now (the caller may reuse the tensor); the requests run in background threads.
+        When the future is done, :attr:`last_rationales` holds this call's rationales.
         """
         if images.shape[0] != len(prompts):
             raise ValueError(f"remote reward: {images.shape[0]} images but {len(prompts)} prompts")
         encoded = [encode_image(image) for image in to_pil_images(images)]
+        tags = prompt_tags(metadata, len(prompts))
         if not self.pairwise:
-            items = [{"prompt": p, "image": e} for p, e in zip(prompts, encoded)]
-            return self._pools()[0].submit(self._score_items, items, 1)
+            items = [with_tag({"prompt": p, "image": e}, t) for p, e, t in zip(prompts, encoded, tags)]
+            return self._pools()[0].submit(self._score_and_keep_rationales, items, 1)
         # Each image against each of its prompt's k references, averaged (as the in-process reward does).
         k = self.top_k
         items = []
-        for prompt, image in zip(prompts, encoded):
-            references = [encode_image(r) for r in to_pil_images(self.references(prompt).references)]
-            items += [{"prompt": prompt, "image": image, "reference": r} for r in references]
-        return self._pools()[0].submit(self._score_items, items, k)
+        for prompt, image, tag in zip(prompts, encoded, tags):
+            references = [encode_image(r) for r in to_pil_images(self.references(prompt, tag).references)]
+            items += [with_tag({"prompt": prompt, "image": image, "reference": r}, tag) for r in references]
+        return self._pools()[0].submit(self._score_and_keep_rationales, items, k)
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -255,8 +267,19 @@ class RemoteReward(Reward):
             self._senders = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="remote-reward")
         return self._collectors, self._senders
 
-    def _score_items(self, items: list[dict[str, Any]], per_sample: int) -> Tensor:
-        """Rewards of ``items`` in order (chunks sent concurrently), averaged over each sample's ``per_sample``."""
+    def _score_and_keep_rationales(self, items: list[dict[str, Any]], per_sample: int) -> Tensor:
+        rewards, rationales = self._score_items(items, per_sample)
+        if rationales is not None and per_sample > 1:  # pairwise: one line per reference, as RewardModelReward
+            rationales = [
+                "\n".join(f"reference {j + 1}: {rationales[i * per_sample + j]}" for j in range(per_sample))
+                for i in range(len(rationales) // per_sample)
+            ]
+        self.last_rationales = rationales
+        return rewards
+
+    def _score_items(self, items: list[dict[str, Any]], per_sample: int) -> tuple[Tensor, list[str] | None]:
+        """Rewards of ``items`` in order (chunks sent concurrently), averaged over each sample's ``per_sample``, and
+        the items' rationales (None unless the server returned one for every item)."""
         if self.criteria is not None:
             items = [{**item, "criteria": self.criteria} for item in items]
         chunks = [items[s : s + self.chunk_size] for s in range(0, len(items), self.chunk_size)]
@@ -264,17 +287,24 @@ class RemoteReward(Reward):
         futures = [
             senders.submit(self._score_chunk, chunk, start * self.chunk_size) for start, chunk in enumerate(chunks)
         ]
-        rewards = [r for future in futures for r in future.result()]
-        return torch.tensor(rewards, dtype=torch.float32).view(-1, per_sample).mean(dim=1)
+        answers = [future.result() for future in futures]
+        rewards = [r for chunk_rewards, _ in answers for r in chunk_rewards]
+        rationales = [t for _, chunk_rationales in answers for t in chunk_rationales]
+        tensor = torch.tensor(rewards, dtype=torch.float32).view(-1, per_sample).mean(dim=1)
+        if not all(isinstance(t, str) for t in rationales):
+            return tensor, None
+        return tensor, [str(t) for t in rationales]
 
-    def _score_chunk(self, chunk: list[dict[str, Any]], offset: int) -> list[float]:
+    def _score_chunk(self, chunk: list[dict[str, Any]], offset: int) -> tuple[list[float], list[str | None]]:
         answer = self.client.request("/score", {"items": chunk})
         with self._lock:
             self.requests += 1
-        return checked_rewards(answer, chunk, offset, self.client.url)
+        url = self.client.url
+        return checked_rewards(answer, chunk, offset, url), checked_rationales(answer, chunk, url)
 
-    def references(self, prompt: str) -> ReferenceSelection:
-        """A pairwise prompt's cached references, chosen on a miss from ``best_of_n`` starting-model samples."""
+    def references(self, prompt: str, tag: str | None = None) -> ReferenceSelection:
+        """A pairwise prompt's cached references, chosen on a miss from ``best_of_n`` starting-model samples
+        (judged with the prompt's ``tag``, for a model that retrieves its examples by tag)."""
         if self.sampler is None:
             raise RuntimeError("remote reward: no starting-model sampler; call setup(sampler)")
         sampler = self.sampler
@@ -282,19 +312,19 @@ class RemoteReward(Reward):
         return self.cache.get_or_select(
             prompt,
             lambda: sampler(prompt, self.best_of_n, seed),
-            lambda first, second: self._judge(prompt, first, second),
+            lambda first, second: self._judge(prompt, first, second, tag),
             k=self.top_k,
             which=self.which,
             both_orders=self.both_orders,
         )
 
-    def _judge(self, prompt: str, first: Tensor, second: Tensor) -> Tensor:
+    def _judge(self, prompt: str, first: Tensor, second: Tensor, tag: str | None = None) -> Tensor:
         """P(``second`` better than ``first``) from the server, for a batch of pairs of one prompt."""
         items = [
-            {"prompt": prompt, "image": encode_image(b), "reference": encode_image(a)}
+            with_tag({"prompt": prompt, "image": encode_image(b), "reference": encode_image(a)}, tag)
             for a, b in zip(to_pil_images(first), to_pil_images(second))
         ]
-        return self._score_items(items, 1)
+        return self._score_items(items, 1)[0]
 
     def __repr__(self) -> str:
         return f"RemoteReward(url={self.client.url!r})"
@@ -308,6 +338,41 @@ class RemoteReward(Reward):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+def prompt_tags(metadata: Sequence[Mapping[str, Any]] | None, n: int) -> list[str | None]:
+    """Each prompt's GenEval ``tag`` from its metadata, None where absent (what the in-process reward passes on)."""
+    if not metadata:
+        return [None] * n
+    return [str(m["tag"]) if isinstance(m, Mapping) and m.get("tag") else None for m in metadata]
+
+
+def with_tag(item: dict[str, Any], tag: str | None) -> dict[str, Any]:
+    """``item`` with its ``tag`` field when there is one (servers before tags refuse unknown fields)."""
+    return {**item, "tag": tag} if tag is not None else item
+
+
+def checked_rationales(answer: Any, items: Sequence[Mapping[str, Any]], url: str) -> list[str | None]:
+    """The rationales of a ``/score`` answer: one per item, null where the model wrote none.
+
+    An answer without ``rationales`` (a server from before they were served) gives nulls.
+
+    Raises:
+        RemoteRewardError: ``rationales`` is not a list of one string or null per item.
+    """
+    rationales = answer.get("rationales") if isinstance(answer, dict) else None
+    if rationales is None:
+        return [None] * len(items)
+    if (
+        not isinstance(rationales, list)
+        or len(rationales) != len(items)
+        or not all(r is None or isinstance(r, str) for r in rationales)
+    ):
+        raise RemoteRewardError(
+            f"{url}/score answered rationales {str(rationales)[:200]} for {len(items)} items: expected one string or "
+            "null per item"
+        )
+    return rationales
 
 
 def checked_rewards(answer: Any, items: Sequence[Mapping[str, Any]], offset: int, url: str) -> list[float]:

@@ -59,12 +59,19 @@ class RequestError(ValueError):
 
 @dataclass
 class ScoreItem:
-    """One decoded item of a ``/score`` request."""
+    """One decoded item of a ``/score`` request.
+
+    ``tag`` (the item's GenEval tag or category) and ``key`` (its sample key) are passed on to
+    :meth:`RewardModel.score` as ``tags=`` and ``keys=``: a model that retrieves its in-context examples per
+    query chooses them by tag, and never shows an item the pool sample with its own key. Other models ignore them.
+    """
 
     prompt: str
     image: Image.Image
     reference: Image.Image | None = None
     criteria: str | None = None
+    tag: str | None = None
+    key: str | None = None
 
 
 @dataclass
@@ -75,10 +82,11 @@ class BestOfNRequest:
     reference: Image.Image
     candidates: list[Image.Image | str]
     criteria: str | None = None
+    tag: str | None = None
 
 
-ITEM_FIELDS = ("prompt", "image", "reference", "criteria")
-BEST_OF_N_FIELDS = ("prompt", "reference", "candidates", "criteria")
+ITEM_FIELDS = ("prompt", "image", "reference", "criteria", "tag", "key")
+BEST_OF_N_FIELDS = ("prompt", "reference", "candidates", "criteria", "tag")
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -153,7 +161,8 @@ def parse_score_request(
     """The items of a ``/score`` body, each decoded or replaced by the reason it cannot be scored.
 
     Args:
-        payload: The JSON body: ``{"items": [{"prompt", "image", "reference" (pairwise models), "criteria"}]}``.
+        payload: The JSON body: ``{"items": [{"prompt", "image", "reference" (pairwise models), "criteria", "tag",
+            "key"}]}``.
         pairwise: Whether the model compares each image with a reference (then every item needs one).
         limits: The size bounds.
         decode: False: check the images' headers only (see :func:`decode_image`).
@@ -184,6 +193,8 @@ def _score_item(i: int, item: Any, pairwise: bool, limits: Limits, decode: bool)
             raise ValueError(f"unknown fields {extra} (an item has {list(ITEM_FIELDS)})")
         prompt = _text(item.get("prompt"), "prompt", limits, required=True)
         criteria = _text(item.get("criteria"), "criteria", limits, required=False)
+        tag = _text(item.get("tag"), "tag", limits, required=False)
+        key = _text(item.get("key"), "key", limits, required=False)
         image = decode_image(item.get("image"), "image", limits, decode=decode)
         reference = None
         if pairwise:
@@ -192,7 +203,7 @@ def _score_item(i: int, item: Any, pairwise: bool, limits: Limits, decode: bool)
             reference = decode_image(item["reference"], "reference", limits, decode=decode)
         elif item.get("reference") is not None:
             raise ValueError("reference: given, but the model is pointwise and takes no reference")
-        return ScoreItem(str(prompt), image, reference, criteria)
+        return ScoreItem(str(prompt), image, reference, criteria, tag, key)
     except RequestError as err:
         raise RequestError(err.status, f"{where}.{err.reason}") from err
     except ValueError as err:
@@ -200,9 +211,9 @@ def _score_item(i: int, item: Any, pairwise: bool, limits: Limits, decode: bool)
 
 
 def parse_best_of_n_request(payload: Mapping[str, Any], *, limits: Limits, decode: bool = True) -> BestOfNRequest:
-    """A ``/best_of_n`` body: ``{"prompt", "reference", "candidates": [base64...], "criteria"}``.
+    """A ``/best_of_n`` body: ``{"prompt", "reference", "candidates": [base64...], "criteria", "tag"}``.
 
-    The prompt and the reference are shared by every candidate, so a bad one refuses the request (400);
+    The prompt, the reference and the tag are shared by every candidate, so a bad one refuses the request (400);
     a bad candidate gets a null reward and its reason.
 
     Raises:
@@ -219,6 +230,7 @@ def parse_best_of_n_request(payload: Mapping[str, Any], *, limits: Limits, decod
     try:
         prompt = _text(payload.get("prompt"), "prompt", limits, required=True)
         criteria = _text(payload.get("criteria"), "criteria", limits, required=False)
+        tag = _text(payload.get("tag"), "tag", limits, required=False)
         reference = decode_image(payload.get("reference"), "reference", limits, decode=decode)
     except RequestError:
         raise
@@ -232,7 +244,7 @@ def parse_best_of_n_request(payload: Mapping[str, Any], *, limits: Limits, decod
             raise
         except ValueError as err:
             decoded.append(str(err))
-    return BestOfNRequest(str(prompt), reference, decoded, criteria)
+    return BestOfNRequest(str(prompt), reference, decoded, criteria, tag)
 
 
 def encode_image(image: Image.Image, format: str = "PNG") -> str:

@@ -3,10 +3,15 @@
 Endpoints (JSON in, JSON out):
 
 - ``GET /health``: 200 once the model is loaded in every worker, 503 before.
-- ``POST /score``: ``{"items": [{"prompt", "image", "reference", "criteria"}]}`` -> ``{"rewards": [float|null],
-  "errors": [null|str]}``, one entry per item, in order (:mod:`rewarddance.serving.protocol`).
-- ``POST /best_of_n``: ``{"prompt", "reference", "candidates": [...], "criteria"}`` -> the same answer, one entry per
-  candidate, scored on the shared-prefix path (:meth:`RewardModel.score_candidates`, pairwise models).
+- ``POST /score``: ``{"items": [{"prompt", "image", "reference", "criteria", "tag", "key"}]}`` ->
+  ``{"rewards": [float|null], "rationales": [str|null], "errors": [null|str]}``, one entry per item, in order
+  (:mod:`rewarddance.serving.protocol`). A rationale is what a reasons-first model generated before its judgment
+  (:attr:`RewardModel.last_rationales`); null for models that generate none and for items that failed.
+- ``POST /best_of_n``: ``{"prompt", "reference", "candidates": [...], "criteria", "tag"}`` -> the same answer, one
+  entry per candidate, scored on the shared-prefix path (:meth:`RewardModel.score_candidates`, pairwise models).
+
+``tag`` and ``key`` go to :meth:`RewardModel.score` as ``tags=`` and ``keys=``: a model that retrieves its in-context
+examples per query (``example_pool`` in its export) serves the same rewards as in-process scoring with that tag.
 
 Requests that arrive within ``batch_timeout`` of each other are scored together, up to ``max_batch_size``
 requests: LitServe collects them, :meth:`RewardAPI.predict` scores every item of the batch in forward passes of
@@ -181,14 +186,16 @@ class RewardAPI(ls.LitAPI):
         return self.score_requests(x)
 
     def score_requests(self, requests: list[list[ScoreItem | str] | BestOfNRequest]) -> list[dict[str, list[Any]]]:
-        """Score every item of several requests together; each answer lists one reward or error per item, in order."""
+        """Score every item of several requests together; each answer lists one reward (and rationale) or error per
+        item, in order."""
         answers: list[dict[str, list[Any]]] = []
         pending: list[tuple[int, int, ScoreItem]] = []  # (request, item, decoded item) of all /score requests
         for r, request in enumerate(requests):
             if isinstance(request, BestOfNRequest):
                 answers.append(self._best_of_n(request))
                 continue
-            answers.append({"rewards": [None] * len(request), "errors": [None] * len(request)})
+            n = len(request)
+            answers.append({"rewards": [None] * n, "rationales": [None] * n, "errors": [None] * n})
             for i, item in enumerate(request):
                 if isinstance(item, str):
                     answers[r]["errors"][i] = item
@@ -198,40 +205,61 @@ class RewardAPI(ls.LitAPI):
         for entry in pending:  # score() takes one criteria per call
             by_criteria[entry[2].criteria].append(entry)
         for criteria, entries in by_criteria.items():
-            rewards, errors = self._score([e[2] for e in entries], criteria)
-            for (r, i, _), reward, error in zip(entries, rewards, errors):
-                answers[r]["rewards"][i], answers[r]["errors"][i] = reward, error
+            rewards, rationales, errors = self._score([e[2] for e in entries], criteria)
+            for (r, i, _), reward, rationale, error in zip(entries, rewards, rationales, errors):
+                answer = answers[r]
+                answer["rewards"][i], answer["rationales"][i], answer["errors"][i] = reward, rationale, error
         return answers
 
     def encode_response(self, output: dict[str, list[Any]]) -> dict[str, list[Any]]:
         return output
 
-    def _score(self, items: list[ScoreItem], criteria: str | None) -> tuple[list[float | None], list[str | None]]:
-        """Rewards of items sharing a criteria; an item that makes the model fail gets the error, not the others."""
+    def _score(
+        self, items: list[ScoreItem], criteria: str | None
+    ) -> tuple[list[float | None], list[str | None], list[str | None]]:
+        """Rewards and rationales of items sharing a criteria; an item that makes the model fail gets the error, not
+        the others."""
         model = self.reward_model
         if model is None:
             raise RuntimeError("RewardAPI.predict before setup")
-        prompts, images = [it.prompt for it in items], [it.image for it in items]
-        references = [it.reference for it in items] if model.paradigm == "pairwise" else None
+        pairwise = model.paradigm == "pairwise"
+
+        def score(part: list[ScoreItem]) -> tuple[list[float | None], list[str | None]]:
+            rewards = model.score(
+                [it.prompt for it in part],
+                [it.image for it in part],
+                [it.reference for it in part] if pairwise else None,
+                criteria=criteria,
+                batch_size=self.forward_batch_size,
+                tags=[it.tag for it in part],
+                keys=[it.key for it in part],
+            )
+            # Read right after the call: this worker scores one batch at a time, so no other call sets them between.
+            rationales = model.last_rationales
+            return [float(x) for x in rewards], list(rationales) if rationales else [None] * len(part)
+
         try:
-            rewards = model.score(prompts, images, references, criteria=criteria, batch_size=self.forward_batch_size)
-            return [float(x) for x in rewards], [None] * len(items)
+            rewards, rationales = score(items)
+            return rewards, rationales, [None] * len(items)
         except Exception as err:
             if len(items) == 1:  # an error raised from predict would fail every request of the LitServe batch
-                return [None], [f"the model could not score this item: {type(err).__name__}: {err}"]
+                return [None], [None], [f"the model could not score this item: {type(err).__name__}: {err}"]
         # Some item breaks the batch (a criteria name the template lacks, an image the processor refuses): score
         # each alone so the others still get their rewards.
         out: list[float | None] = []
+        reasons: list[str | None] = []
         errors: list[str | None] = []
         for it in items:
             try:
-                reward = model.score([it.prompt], [it.image], [it.reference] if references else None, criteria=criteria)
-                out.append(float(reward[0]))
+                (reward,), (rationale,) = score([it])
+                out.append(reward)
+                reasons.append(rationale)
                 errors.append(None)
             except Exception as err:
                 out.append(None)
+                reasons.append(None)
                 errors.append(f"the model could not score this item: {type(err).__name__}: {err}")
-        return out, errors
+        return out, reasons, errors
 
     def _best_of_n(self, request: BestOfNRequest) -> dict[str, list[Any]]:
         model = self.reward_model
@@ -239,19 +267,23 @@ class RewardAPI(ls.LitAPI):
             raise RuntimeError("RewardAPI.predict before setup")
         good = [(i, c) for i, c in enumerate(request.candidates) if not isinstance(c, str)]
         rewards: list[float | None] = [None] * len(request.candidates)
+        rationales: list[str | None] = [None] * len(request.candidates)
         errors: list[str | None] = [c if isinstance(c, str) else None for c in request.candidates]
         if good:
             try:
                 scored = model.score_candidates(
-                    request.prompt, [c for _, c in good], request.reference, criteria=request.criteria
+                    request.prompt, [c for _, c in good], request.reference, criteria=request.criteria, tag=request.tag
                 )
             except Exception as err:
                 for i, _ in good:
                     errors[i] = f"the model could not score the candidates: {type(err).__name__}: {err}"
             else:
-                for (i, _), reward in zip(good, scored.tolist()):
-                    rewards[i] = float(reward)
-        return {"rewards": rewards, "errors": errors}
+                # A reasons-first model scores the candidates one by one (score()), which sets the rationales; the
+                # shared-prefix path generates none and clears them.
+                reasons = model.last_rationales or [None] * len(good)
+                for (i, _), reward, rationale in zip(good, scored.tolist(), reasons):
+                    rewards[i], rationales[i] = float(reward), rationale
+        return {"rewards": rewards, "rationales": rationales, "errors": errors}
 
 
 def build_server(api: RewardAPI, *, timeout: float = 60.0, accelerator: str = "auto") -> ls.LitServer:

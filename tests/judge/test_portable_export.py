@@ -180,3 +180,26 @@ def test_exports_a_client_cannot_reproduce_say_so(tmp_path: Path) -> None:
         assert query["not_portable"][0].startswith(name) and words in query["not_portable"][0]
     assert queries["regressive"]["readout"]["kind"] == "regressive_head"
     assert queries["reasons_first"]["readout"]["kind"] == "after_generated_rationale"
+
+
+@pytest.mark.parametrize("mode", ["tag", "similar"])
+def test_an_export_that_retrieves_its_examples_per_query_is_not_portable(mode: str, tmp_path: Path) -> None:
+    """Which examples a query is shown depends on its tag or prompt: a client without rewarddance cannot choose them."""
+    task = GenerativeRewardTask(paradigm="pointwise", examples=1, example_retrieval=mode)
+    task.configure_model()
+    task.examples_pool = {
+        "pointwise": [
+            Query("pointwise", prompt, [_noise(i, 32, 32)], "", answer=answer, key=f"ex-{i}", tag=tag)
+            for i, (prompt, answer, tag) in enumerate(
+                [("a red circle", "yes", "colors"), ("two squares", "no", "counting")]
+            )
+        ]
+    }
+    record = json.loads((task.export_to(tmp_path / "export") / "rewarddance_reward.json").read_text())
+    query = record["query"]
+    assert record["example_pool"]["retrieval"] == mode and len(record["example_pool"]["records"]["pointwise"]) == 2
+    assert query["portable"] is False and len(query["not_portable"]) == 1
+    reason = query["not_portable"][0]
+    assert reason.startswith(f"example_retrieval {mode}:") and "serve" in reason and "example_pool/" in reason
+    # The messages show no examples (no fixed context to show): the one image item is the query's own.
+    assert query["images"] == ["image"]

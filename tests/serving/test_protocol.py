@@ -36,6 +36,17 @@ def test_a_good_request_decodes_every_item_in_order():
     assert items[1].image.getpixel((0, 0)) == (0, 0, 255)  # type: ignore[union-attr]
 
 
+def test_tag_and_key_are_read_per_item_and_tag_per_best_of_n_request():
+    good, tagged = {"prompt": "p", "image": png()}, {"prompt": "p", "image": png(), "tag": "counting", "key": "s-1"}
+    plain, item = parse_score_request({"items": [good, tagged]}, pairwise=False, limits=LIMITS)
+    assert isinstance(plain, ScoreItem) and plain.tag is None and plain.key is None
+    assert isinstance(item, ScoreItem) and (item.tag, item.key) == ("counting", "s-1")
+    body = {"prompt": "p", "reference": png(), "candidates": [png()], "tag": "colors"}
+    assert parse_best_of_n_request(body, limits=LIMITS).tag == "colors"
+    with pytest.raises(RequestError, match="tag"):
+        parse_best_of_n_request({**body, "tag": 3}, limits=LIMITS)
+
+
 def test_jpeg_and_data_urls_are_accepted():
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), "green").save(buffer, format="JPEG")
@@ -68,6 +79,8 @@ BAD_ITEMS = {
     "truncated PNG": ({"prompt": "p", "image": truncated_png()}, "cannot be decoded"),
     "unknown field": ({"prompt": "p", "image": png(), "imgae": png()}, "unknown fields"),
     "reference to a pointwise model": ({"prompt": "p", "image": png(), "reference": png()}, "pointwise"),
+    "tag not a string": ({"prompt": "p", "image": png(), "tag": ["colors"]}, "tag: expected"),
+    "key too long": ({"prompt": "p", "image": png(), "key": "k" * 101}, "key: 101 characters"),
 }
 
 

@@ -55,6 +55,7 @@ def test_served_rewards_equal_score_even_when_requests_are_batched_together(serv
     assert all(status == 200 for status, _ in answers), answers
     served = torch.tensor([answer["rewards"][0] for _, answer in answers])
     torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
+    assert all(answer["rationales"] == [None] for _, answer in answers)  # a plain model writes none
 
 
 def test_a_bad_item_gets_null_and_its_reason_while_the_others_are_scored(servers, models):
@@ -126,6 +127,7 @@ def test_best_of_n_endpoint_equals_score_candidates(servers, models):
     expected = models["pairwise"].score(["a red circle"] * 3, candidates, [reference] * 3)
     served = torch.tensor([answer["rewards"][i] for i in (0, 2, 3)])
     torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
+    assert answer["rationales"] == [None] * 4
 
 
 def test_a_request_without_the_key_is_refused_before_its_body_is_read(exports):
