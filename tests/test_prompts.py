@@ -55,9 +55,9 @@ def test_a_source_refuses_unknown_splits_and_tags_naming_the_option(toy_sources)
 
 def test_the_shapes_plugin_registers_its_sources_and_evaluator():
     # Through the rewarddance.plugins entry point: the generic modules import nothing of rewarddance.shapes.
-    assert {"shapes", "shapes-video"} <= set(prompts.PROMPT_SOURCES)
+    assert {"shapes", "shapes-video", "shapes-i2v"} <= set(prompts.PROMPT_SOURCES)
     assert (
-        "shapes:<split> / shapes-video:<split> with a split of ['test-id', 'test-ood', 'train', 'val']"
+        "shapes:<split> / shapes-i2v:<split> / shapes-video:<split> with a split of ['test-id', 'test-ood', 'train', 'val']"
         in source_forms()
     )
     assert EVALUATORS[GENEVAL].parts == ("colors", "count", "shape", "position", "mean")

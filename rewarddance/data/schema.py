@@ -5,7 +5,9 @@ metadata and one or more image members named by *role*:
 
 - ``first`` / ``second``: the two candidates of a preference pair (``kind="pair"``),
 - ``image``: the single image of a pointwise or caption sample (``kind="point"`` / ``"caption"``),
-- ``ref0``, ``ref1``, ...: optional reference images.
+- ``ref0``, ``ref1``, ...: optional reference images,
+- ``condition``: an optional condition image, the input of an image-to-video (or image-editing) generation
+  that the candidates must follow; always one still image (``condition.<ext>``), also in video samples.
 
 A still image is one member ``<role>.<ext>``; a video clip is its frames ``<role>.<t:03d>.<ext>``
 (t = 0, 1, ...) with ``video.fps`` in the metadata. Allowed image extensions are png, jpg, jpeg
@@ -37,7 +39,7 @@ Answer = Literal["yes", "no"]
 Clip = list[Image.Image]
 """A visual: one frame for a still image, several for a video clip."""
 
-_ROLE_MEMBER = re.compile(r"^(?P<role>first|second|image|ref\d+)(?:\.(?P<frame>\d+))?\.(?P<ext>[a-z]+)$")
+_ROLE_MEMBER = re.compile(r"^(?P<role>first|second|image|condition|ref\d+)(?:\.(?P<frame>\d+))?\.(?P<ext>[a-z]+)$")
 
 
 class ShardFormatError(RewardDanceError, ValueError):
@@ -64,6 +66,8 @@ class Sample:
     second: Clip | None = None
     image: Clip | None = None
     references: list[Clip] = field(default_factory=list)
+    condition: Image.Image | None = None
+    """The condition image of an image-to-video sample (the first frame the clips must start from), or None."""
     label: PairLabel | None = None
     """Pair label: which candidate is better, or a tie."""
     soft_label: float | None = None
@@ -141,6 +145,8 @@ def encode_sample(sample: Sample, image_ext: str = "png") -> dict[str, Any]:
                 out[f"{role}.{t:03d}.{image_ext}"] = _encode_image(frame, image_ext)
         else:
             out[f"{role}.{image_ext}"] = _encode_image(clip[0], image_ext)
+    if sample.condition is not None:
+        out[f"condition.{image_ext}"] = _encode_image(sample.condition, image_ext)
     return out
 
 
@@ -168,6 +174,8 @@ def validate_sample(sample: Sample) -> None:
             fail(role, "visual has no frames")
         if not sample.is_video and len(clip) != 1:
             fail(role, f"{len(clip)} frames but no video.fps: still images have exactly one frame")
+    if sample.condition is not None and not isinstance(sample.condition, Image.Image):
+        fail("condition", f"must be one still image, got {type(sample.condition).__name__}")
     if sample.kind == "pair" and sample.label not in LABELS:
         fail("label", f"must be one of {LABELS}, got {sample.label!r}")
     if sample.kind != "pair" and sample.label is not None:
@@ -251,15 +259,14 @@ def decode_sample(
             fail(role, f"video frames must be numbered 0..n-1, got {sorted(members, key=str)}")
         if not load_visuals:
             return []
-        clip = []
-        for t in sorted(members, key=lambda x: -1 if x is None else x):
-            member, payload = members[t]
-            try:
-                img = _open_image(payload, member.rsplit(".", 1)[-1])
-            except Exception as err:  # PIL raises many types for corrupt data
-                fail(member, f"cannot decode image ({type(err).__name__}: {err})")
-            clip.append(img.convert("RGB") if img.mode != "RGB" else img)
-        return clip
+        return [open_member(*members[t]) for t in sorted(members, key=lambda x: -1 if x is None else x)]
+
+    def open_member(member: str, payload: bytes) -> Image.Image:
+        try:
+            img = _open_image(payload, member.rsplit(".", 1)[-1])
+        except Exception as err:  # PIL raises many types for corrupt data
+            fail(member, f"cannot decode image ({type(err).__name__}: {err})")
+        return img.convert("RGB") if img.mode != "RGB" else img
 
     references: list[Clip] = []
     for i in range(num_refs):
@@ -267,6 +274,13 @@ def decode_sample(
             fail(f"ref{i}", f"num_references is {num_refs} but the member is missing")
         if load_references:
             references.append(load(f"ref{i}"))  # type: ignore[arg-type]
+
+    condition: Image.Image | None = None
+    if "condition" in frames:
+        if set(frames["condition"]) != {None}:
+            fail("condition", "the condition is one still image: condition.<ext>, without a frame number")
+        if load_visuals:
+            condition = open_member(*frames["condition"][None])
 
     def text(name: str) -> str | None:
         value = meta.get(name)
@@ -288,6 +302,7 @@ def decode_sample(
         second=load("second"),
         image=load("image"),
         references=references,
+        condition=condition,
         label=meta.get("label"),
         soft_label=meta.get("soft_label"),
         answer=meta.get("answer"),

@@ -44,14 +44,17 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 RATIONALE_FORMATS: tuple[str, ...] = ("none", "judgment_first", "reasons_first")
 
-_TEXT_FIELDS = ("instruction", "prompt", "criteria", "answer_request", "media", "Media")
+_TEXT_FIELDS = ("instruction", "prompt", "criteria", "answer_request", "media", "Media", "condition")
 _QUESTION_FIELDS: dict[str, tuple[set[str], tuple[str, ...]]] = {
     # question kind: (allowed fields, visual fields that must appear exactly once, in any order)
     "pairwise": ({*_TEXT_FIELDS, "image1", "image2"}, ("image1", "image2")),
     "pointwise": ({*_TEXT_FIELDS, "image"}, ("image",)),
 }
 _REQUIRED_KEYS = ("name", "pairwise", "pointwise", "criteria", "default_criteria", "answer_requests", "answer_formats")
-_OPTIONAL_KEYS = ("system", "instruction")
+_OPTIONAL_KEYS = ("system", "instruction", "condition")
+
+DEFAULT_CONDITION = "The {media} must start from this first frame: {image} "
+"""How a query's condition image (image-to-video) is introduced when a template does not say: its ``condition``."""
 
 
 class TemplateError(RewardDanceError, ValueError):
@@ -97,6 +100,9 @@ class Template:
         answer_formats: Chain-of-thought answer layouts (``judgment_first``, ``reasons_first``).
         system: Optional system turn.
         instruction: Default instruction (a sample's own instruction replaces it).
+        condition: The sentence showing a query's condition image (``{image}`` once, ``{media}`` allowed); it
+            fills the questions' optional ``{condition}`` placeholder (empty without a condition image), or, in a
+            question without one, goes before the question.
     """
 
     name: str
@@ -108,6 +114,7 @@ class Template:
     answer_formats: dict[str, str]
     system: str | None = None
     instruction: str = ""
+    condition: str = DEFAULT_CONDITION
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Template:
@@ -143,6 +150,8 @@ class Template:
             for name in visuals:
                 if names.count(name) != 1:
                     fail(kind, f"needs the placeholder {{{name}}} exactly once (found {names.count(name)})")
+            if names.count("condition") > 1:
+                fail(kind, "may use the placeholder {condition} at most once")
         for key in ("criteria", "answer_requests", "answer_formats"):
             if not isinstance(data[key], Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in data[key].items()
@@ -173,6 +182,9 @@ class Template:
         for key in _OPTIONAL_KEYS:
             if data.get(key) is not None and not isinstance(data[key], str):
                 fail(key, "must be a string")
+        condition = data.get("condition") or DEFAULT_CONDITION
+        if sorted(set(_fields(condition)) - {"media", "Media"}) != ["image"] or _fields(condition).count("image") != 1:
+            fail("condition", "needs {image} exactly once and may use only {media}/{Media} besides")
         return cls(
             name=str(data["name"]),
             pairwise=data["pairwise"],
@@ -183,6 +195,7 @@ class Template:
             answer_formats=dict(formats),
             system=data.get("system"),
             instruction=data.get("instruction") or "",
+            condition=condition,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,6 +281,8 @@ class Query:
         key: Sample key, for error messages (and so a sample is never its own in-context example).
         tag: The sample's tag (GenEval tag or category): in-context examples can be retrieved by it
             (:mod:`rewarddance.judge.examples`). Not shown to the model.
+        condition: The condition image of an image-to-video query (the first frame the clips must start from),
+            shown before the clips (:attr:`Template.condition`), or None.
     """
 
     question: QuestionKind
@@ -279,6 +294,7 @@ class Query:
     examples: list[Query] = field(default_factory=list)
     key: str = ""
     tag: str | None = None
+    condition: Image.Image | None = None
 
 
 def _clean(text: str) -> str:
@@ -315,6 +331,11 @@ def question_text(template: Template, query: Query, rationale_format: RationaleF
         name: VIDEO_PLACEHOLDER if _is_video(v) else IMAGE_PLACEHOLDER for name, v in zip(slots, query.visuals)
     }
     instruction = template.instruction if query.instruction is None else query.instruction
+    condition = ""
+    if query.condition is not None:
+        condition = _with_media(template.condition, media).replace("{image}", IMAGE_PLACEHOLDER)
+        if "condition" not in _fields(form):
+            form = "{condition}" + form
     values = {
         **media,
         **placeholders,
@@ -322,16 +343,20 @@ def question_text(template: Template, query: Query, rationale_format: RationaleF
         "prompt": _clean(query.prompt),
         "criteria": _clean(_with_media(query.criteria, media)),
         "answer_request": template.answer_requests[rationale_format],
+        "condition": condition,
     }
     return form.format(**values).strip()
 
 
 def ordered_visuals(template: Template, query: Query) -> list[Visual]:
-    """``query.visuals`` in the order their placeholders appear in the template's question."""
+    """``query.visuals`` in the order their placeholders appear in the template's question, after the
+    condition image where the question shows one (see :attr:`Template.condition`)."""
     form = template.pairwise if query.question == "pairwise" else template.pointwise
     slots = _QUESTION_FIELDS[query.question][1]
-    order = [name for name in _fields(form) if name in slots]
-    return [query.visuals[slots.index(name)] for name in order]
+    if query.condition is not None and "condition" not in _fields(form):
+        form = "{condition}" + form
+    order = [name for name in _fields(form) if name in slots or (name == "condition" and query.condition is not None)]
+    return [query.condition if name == "condition" else query.visuals[slots.index(name)] for name in order]  # type: ignore[misc]
 
 
 def render_conversation(
@@ -440,7 +465,13 @@ def check_visual(visual: Any, key: str) -> Visual:
 def _checked(query: Query) -> Query:
     visuals = [check_visual(v, query.key) for v in query.visuals]
     examples = [_checked(e) for e in query.examples]
-    return dataclasses.replace(query, visuals=visuals, examples=examples)
+    condition = query.condition
+    if condition is not None and not isinstance(condition, Image.Image):
+        raise BadInputError(
+            f"Sample {query.key!r}: the condition must be one PIL image, got {type(condition).__name__}.", [query.key]
+        )
+    condition = None if condition is None else check_visual(condition, query.key)
+    return dataclasses.replace(query, visuals=visuals, examples=examples, condition=condition)
 
 
 def _encode(

@@ -207,6 +207,7 @@ class RewardModel:
         criteria: str | None = None,
         tags: Sequence[str | None] | None = None,
         keys: Sequence[str | None] | None = None,
+        conditions: Sequence[Any] | None = None,
     ) -> list[Query]:
         """The model inputs :meth:`score` builds (before tokenisation), for inspection.
 
@@ -215,7 +216,7 @@ class RewardModel:
         """
         if len(prompts) != len(images):
             raise ValueError(f"Got {len(prompts)} prompts but {len(images)} images.")
-        for name, given in (("tags", tags), ("keys", keys)):
+        for name, given in (("tags", tags), ("keys", keys), ("conditions", conditions)):
             if given is not None and len(given) != len(prompts):
                 raise ValueError(f"Got {len(prompts)} prompts but {len(given)} {name}.")
         pairwise = self.kind == "generative" and self.paradigm == "pairwise"
@@ -237,7 +238,19 @@ class RewardModel:
             tag = tags[i] if tags is not None else None
             examples = self.retriever.choose(question, prompt, tag, keys[i] if keys is not None else None)
             # Keyed by position: callers map warnings about item i back to their own names.
-            out.append(Query(question, prompt, visuals, criteria_text, examples=examples, key=f"item-{i}", tag=tag))
+            condition = conditions[i] if conditions is not None else None
+            out.append(
+                Query(
+                    question,
+                    prompt,
+                    visuals,
+                    criteria_text,
+                    examples=examples,
+                    key=f"item-{i}",
+                    tag=tag,
+                    condition=condition,
+                )
+            )
         return out
 
     @torch.no_grad()
@@ -320,6 +333,7 @@ class RewardModel:
         batch_size: int = 16,
         tags: Sequence[str | None] | None = None,
         keys: Sequence[str | None] | None = None,
+        conditions: Sequence[Any] | None = None,
     ) -> Tensor:
         """Score images (or videos as frame lists) against their prompts.
 
@@ -334,13 +348,15 @@ class RewardModel:
             tags: Each item's tag (GenEval tag or category), for a model that retrieves its in-context
                 examples by tag.
             keys: Each item's sample key: a model with an example pool never shows an item its own sample.
+            conditions: Image-to-video: each item's condition image (a PIL image, the first frame its clip
+                must start from; None for an item without one), shown before the clips.
 
         Returns:
             ``[n]`` float32 rewards on CPU: P(yes) for generative models, the head output for
             regressive ones. Prompts too long for the model are truncated (prompt text only) and
             counted in :attr:`last_report`.
         """
-        queries = self.queries(prompts, images, references, criteria, tags=tags, keys=keys)
+        queries = self.queries(prompts, images, references, criteria, tags=tags, keys=keys, conditions=conditions)
         self.backbone.model.eval()
         report, rewards, rationales = EncodeReport(), [], []
         for start in range(0, len(queries), batch_size):

@@ -41,6 +41,7 @@ def build_split(
     seed: int = 0,
     kinds: Sequence[Kind] = ("pair", "point"),
     video: bool = False,
+    condition: bool = False,
     canvas: int = 64,
     references: int = 1,
     quality_fraction: float = 0.2,
@@ -68,6 +69,8 @@ def build_split(
         kinds: Sample kinds, assigned round-robin: ``pair`` (preference pairs), ``point``
             (yes/no), ``caption`` (captions and visual questions for VLM pretraining).
         video: Clips of moving shapes (motion prompts) instead of still images.
+        condition: Video only: a condition image per sample (``condition.<ext>``), the first frame of a clip
+            that satisfies the prompt, for image-to-video reward models (see :class:`~.pairs.World`).
         canvas: Image side in pixels.
         references: Extra correct renders of the prompt attached to each pair (pointwise and
             caption samples get none).
@@ -103,6 +106,7 @@ def build_split(
         fps=fps,
         style=None if style == "auto" else style,
         options=options,
+        condition=condition,
     )
     info = {
         "source": "shapes",
@@ -121,6 +125,7 @@ def build_split(
             "max_questions": max_questions,
             "noise": noise,
             **({"frames": frames, "fps": fps} if video else {}),
+            **({"condition": True} if condition else {}),
         },
     }
     counts: Counter[str] = Counter()

@@ -22,6 +22,7 @@ def shapes(
     seed: int = 0,
     split: Split = "train",
     video: bool = False,
+    condition: bool = False,
     kinds: list[Kind] | None = None,
     references: int = 1,
     noise: float = 4.0,
@@ -38,6 +39,8 @@ def shapes(
         seed: Random seed; the same seed and arguments give bit-identical shards.
         split: train / val / test-id (same distribution) or test-ood (held-out combinations, other style).
         video: Write clips of moving shapes (motion prompts) instead of still images.
+        condition: With video: give every sample a condition image (condition.png: the first frame a clip
+            satisfying the prompt starts from), for image-to-video reward models.
         kinds: Sample kinds, assigned round-robin (default pair and point; caption for VLM pretraining).
         references: Reference images (other correct renders of the prompt) attached to each pair.
         noise: Largest pixel-noise standard deviation (0-255 scale); 0 gives clean renders.
@@ -50,9 +53,12 @@ def shapes(
     from rewarddance.shapes.build import build_split  # renders with numpy/PIL: loaded when the command runs
 
     _check_counts(samples=samples, shard_size=shard_size, canvas=canvas)
+    if condition and not video:
+        raise UsageError("--condition gives video samples a condition image (image-to-video): add --video")
     with atomic_output(out, folder=True) as tmp:
         summary = build_split(
-            tmp, split=split, samples=samples, seed=seed, video=video, kinds=tuple(kinds or ("pair", "point")),
+            tmp, split=split, samples=samples, seed=seed, video=video, condition=condition,
+            kinds=tuple(kinds or ("pair", "point")),
             references=references, noise=noise, canvas=canvas, shard_size=shard_size, compress=compress,
             style=style,
         )  # fmt: skip

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from rewarddance.data.schema import Clip, Sample
 from rewarddance.shapes import prompts
@@ -58,6 +59,11 @@ class World:
         style: Rendering style; None picks the split's (``alt`` for test-ood).
         size_range: Object bounding sizes in pixels; None gives 18-30 px at 64 px.
         options: Appearance randomisation (noise, jitter, background variation).
+        condition: Video only: give each sample a condition image (image-to-video): a fresh render of the first
+            frame of a clip that satisfies the prompt (its own jitter and noise, so no candidate's first frame
+            equals it pixel for pixel). Pairs: the chosen clip's scene (so a minimally edited rejected clip starts
+            from it too and differs in motion); points: the clip's scene, or for a ``no`` clip the satisfying
+            scene it was edited from.
     """
 
     split: str = "train"
@@ -68,9 +74,12 @@ class World:
     style: Style | None = None
     size_range: tuple[float, float] | None = None
     options: RenderOptions = field(default_factory=RenderOptions)
+    condition: bool = False
 
     def __post_init__(self) -> None:
         self.style = self.style or style_for(self.split)
+        if self.condition and not self.video:
+            raise ValueError("condition images are for video samples (image-to-video): set video=True")
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -100,6 +109,10 @@ class World:
 
     def render(self, scene: Scene, rng: np.random.Generator) -> Clip:
         return render_clip(scene, rng, self.options)
+
+    def first_frame(self, scene: Scene, rng: np.random.Generator) -> Image.Image:
+        """A condition image: the first frame of ``scene``, rendered on its own (its own jitter and noise)."""
+        return render_clip(replace(scene, frames=1), rng, self.options)[0]
 
     def oracle(self, clip: Clip, meta: dict[str, Any]) -> Judgement:
         return vid.judge_clip(clip, meta) if self.video else judge_image(clip[0], meta)
@@ -219,6 +232,11 @@ def make_pair(
         if world.video:
             rationale = rationale.replace("image", "video").replace("Image", "Video")
         refs = _references(world, meta, rng, references, verify)
+        condition = None
+        if world.condition:
+            # A tie of two wrong clips has no satisfying scene: the condition then shows a fresh one.
+            start = a if world.truth(a, meta).correct else world.scene(meta, rng)
+            condition = world.first_frame(start, rng)
         return Sample(
             key=key,
             kind="pair",
@@ -226,6 +244,7 @@ def make_pair(
             first=c1,
             second=c2,
             references=refs,
+            condition=condition,
             label=label,
             soft_label=soft,
             criteria=criteria,
@@ -288,11 +307,17 @@ def make_point(
     def build() -> Sample:
         meta = world.prompt(tag, rng)
         violation = degradation = None
+        start = None
         if positive or quality:
             scene = world.scene(meta, rng)
+        elif world.condition:
+            # The condition satisfies the prompt; the "no" clip breaks it from there (an edit of that scene).
+            start = world.scene(meta, rng)
+            scene, violation = world.violating(meta, rng, base=start)
         else:
             scene, violation = world.violating(meta, rng)
         clip, found = _checked(world, scene, meta, rng, verify)
+        condition = world.first_frame(scene if start is None else start, rng) if world.condition else None
         if quality:
             if positive:
                 rationale = f"{subject} is clean and sharp."
@@ -308,6 +333,7 @@ def make_point(
             prompt=meta["prompt"],
             image=clip,
             references=_references(world, meta, rng, references, verify),
+            condition=condition,
             answer="yes" if positive else "no",
             criteria=QUALITY if quality else world.criteria,
             rationale=rationale,

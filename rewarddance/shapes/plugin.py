@@ -11,7 +11,8 @@ from __future__ import annotations
 
 def register() -> None:
     """Add the shapes rewards (``shapes-color``, ``shapes-oracle``), the generated prompt sources
-    (``shapes:<split>``, ``shapes-video:<split>``) and the pixel oracle as the evaluator of GenEval metadata."""
+    (``shapes:<split>``, ``shapes-video:<split>``, ``shapes-i2v:<split>``: motion prompts with a first frame as
+    their condition image) and the pixel oracle as the evaluator of GenEval metadata."""
     from rewarddance.callbacks.evaluation import EVALUATORS, GENEVAL
     from rewarddance.data.prompts import PROMPT_SOURCES, GeneratedPromptSource
     from rewarddance.rl.rewards import register_reward
@@ -19,13 +20,14 @@ def register() -> None:
     from rewarddance.shapes.prompts import TAGS, geneval_prompts
     from rewarddance.shapes.rewards import ShapesColorReward, ShapesOracleReward
     from rewarddance.shapes.splits import SPLIT_IDS
-    from rewarddance.shapes.video import VIDEO_TAGS, video_geneval_prompts
+    from rewarddance.shapes.video import VIDEO_TAGS, i2v_geneval_prompts, video_geneval_prompts
 
     register_reward("shapes-color", ShapesColorReward)
     register_reward("shapes-oracle", ShapesOracleReward)
     for scheme, tags, generate in (
         ("shapes", TAGS, geneval_prompts),
         ("shapes-video", VIDEO_TAGS, video_geneval_prompts),
+        ("shapes-i2v", VIDEO_TAGS, i2v_geneval_prompts),
     ):
         PROMPT_SOURCES.register(
             scheme,

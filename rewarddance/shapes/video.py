@@ -16,7 +16,10 @@ names its displacement with the same :func:`~.scene.motion_of` as the ground tru
 
 from __future__ import annotations
 
+import base64
+import io
 import math
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +30,7 @@ from PIL import Image
 
 from rewarddance.shapes.oracle import Detection, detect
 from rewarddance.shapes.prompts import draw_violation, violate_with_retries
+from rewarddance.shapes.render import render
 from rewarddance.shapes.rules import Judgement, describe, judge, with_article
 from rewarddance.shapes.scene import (
     COLOR_NAMES,
@@ -114,6 +118,28 @@ def video_geneval_prompts(
                 break
         out.extend(seen[p] for p in sorted(seen))
     return out
+
+
+def first_frame_url(metadata: dict[str, Any], *, split: str = "train", seed: int = 0, canvas: int = 64) -> str:
+    """The first frame of a clip that satisfies ``metadata`` (the prompted objects, placed to move as prompted),
+    as a ``data:image/png;base64,`` URL: the condition image of an image-to-video prompt, JSON-friendly so that it
+    travels in prompt metadata. The same for the same prompt, split and seed."""
+    key = zlib.crc32(metadata["prompt"].encode())
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], 7928, key]))
+    scene = sample_video_scene(metadata, rng, split=split, canvas=canvas)
+    buffer = io.BytesIO()
+    render(scene, rng).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def i2v_geneval_prompts(
+    per_tag: int = 50, *, split: str = "test-id", seed: int = 0, tags: Sequence[str] = VIDEO_TAGS
+) -> list[dict[str, Any]]:
+    """The ``shapes-i2v:<split>`` prompt source: :func:`video_geneval_prompts` with a ``condition_image`` each,
+    the first frame of a clip satisfying the prompt (:func:`first_frame_url`): the objects are where they start
+    and the prompt says where they go."""
+    prompts = video_geneval_prompts(per_tag, split=split, seed=seed, tags=tags)
+    return [{**meta, "condition_image": first_frame_url(meta, split=split, seed=seed)} for meta in prompts]
 
 
 def velocity(direction: str, rng: np.random.Generator, canvas: int, frames: int) -> tuple[float, float]:

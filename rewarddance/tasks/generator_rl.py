@@ -268,6 +268,7 @@ class GeneratorRLTask(GeneratorSampling):
     def training_step(self, batch: list[PromptItem], batch_idx: int) -> Tensor:
         prompts = [item["prompt"] for item in batch]
         metadata = [item.get("metadata") or {} for item in batch]
+        self.register_conditions(prompts, metadata)
         if self.hparams.algorithm == "refl":
             return self.refl_step(prompts, metadata)
         return self.grpo_step(prompts, metadata)
@@ -457,6 +458,9 @@ class GeneratorRLTask(GeneratorSampling):
         return self.evaluation.last
 
     def on_train_start(self) -> None:
+        if self.evaluation.every:
+            items = self.evaluation.prompts(self)
+            self.register_conditions([i["prompt"] for i in items], [i["metadata"] for i in items])
         self.evaluation.maybe_evaluate(self, force=True)  # the baseline: the starting model
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -161,6 +161,23 @@ class GeneratorSampling(L.LightningModule):
             "negative_prompt": h.negative_prompt,
         }
 
+    def register_conditions(self, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
+        """Image-to-video: hand each prompt's ``metadata["condition_image"]`` (a ``data:image`` URL or an image path;
+        the ``shapes-i2v:<split>`` prompts carry one) to the adapter, which every later sampling of the prompt
+        reads; a no-op for other generators."""
+        generator = self.components()
+        if generator.task != "i2v":
+            return
+        for prompt, meta in zip(prompts, metadata):
+            if not (meta or {}).get("condition_image"):
+                raise UsageError(
+                    f"{generator.family} is image-to-video, and the metadata of prompt {prompt!r} has no "
+                    "'condition_image' (a data:image URL or a PNG/JPEG path): use prompts that carry one, e.g. "
+                    "data.init_args.train: shapes-i2v:train."
+                )
+        assert self.adapter is not None
+        self.adapter.register_conditions(list(prompts), [meta["condition_image"] for meta in metadata])
+
     def step_rng(self, *tags: Any) -> torch.Generator:
         # From the seed, the step and the rank: reproducible, resumable, different on every rank.
         rank = self.global_rank if self._trainer is not None else 0

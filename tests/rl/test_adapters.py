@@ -103,8 +103,10 @@ def test_renoise_to_the_same_step_is_identity(tiny: Callable[[str], Generator], 
 
 
 def test_unsupported_families_and_arguments(tiny: Callable[[str], Generator]) -> None:
-    with pytest.raises(NotImplementedError, match="wan-i2v"):
-        adapter_for(Generator(pipeline=None, family="wan-i2v", kind="video", task="i2v", name_or_path="tiny-wan-i2v"))
+    with pytest.raises(NotImplementedError, match="made-up"):
+        adapter_for(Generator(pipeline=None, family="made-up", kind="video", task="i2v", name_or_path="made-up"))
+    with pytest.raises(ValueError, match="condition"):
+        adapter_for(tiny("sd3")).prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=2, condition_images=[])
     with pytest.raises(ValueError, match="num_frames"):
         adapter_for(tiny("sd3")).prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=2, num_frames=5)
     with pytest.raises(NotImplementedError, match="true CFG"):

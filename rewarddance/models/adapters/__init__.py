@@ -5,7 +5,7 @@
 - :mod:`~rewarddance.models.adapters.unet`, :mod:`~rewarddance.models.adapters.flow`,
   :mod:`~rewarddance.models.adapters.video`: the families' hooks.
 
-Supported families: ``sd15`` and ``sdxl`` (UNet), ``sd3`` and ``flux`` (flow transformers), ``wan-t2v``. A new family
+Supported families: ``sd15`` and ``sdxl`` (UNet), ``sd3`` and ``flux`` (flow transformers), ``wan-t2v`` and ``wan-i2v``. A new family
 registers its adapter with ``ADAPTERS.register("family", AdapterClass)`` next to its
 :func:`rewarddance.models.generators.register_generator`.
 """
@@ -18,7 +18,7 @@ from rewarddance.models.adapters.flow import FluxAdapter, StableDiffusion3Adapte
 from rewarddance.models.adapters.pipeline import RESUMABLE_SCHEDULERS, PipelineAdapter
 from rewarddance.models.adapters.protocol import DenoisingContext, GeneratorAdapter, LatentSpace
 from rewarddance.models.adapters.unet import StableDiffusionAdapter, StableDiffusionXLAdapter
-from rewarddance.models.adapters.video import WanAdapter
+from rewarddance.models.adapters.video import WanAdapter, WanI2VAdapter, load_condition_image
 from rewarddance.models.generators import Generator
 from rewarddance.registry import Registry
 
@@ -34,7 +34,9 @@ __all__ = [
     "StableDiffusionAdapter",
     "StableDiffusionXLAdapter",
     "WanAdapter",
+    "WanI2VAdapter",
     "adapter_for",
+    "load_condition_image",
 ]
 
 ADAPTERS: Registry[Callable[[Generator], GeneratorAdapter]] = Registry(
@@ -42,7 +44,14 @@ ADAPTERS: Registry[Callable[[Generator], GeneratorAdapter]] = Registry(
 )
 """Adapter (a class, or any callable ``generator -> adapter``) per generator family name."""
 
-for _adapter in (StableDiffusionAdapter, StableDiffusionXLAdapter, StableDiffusion3Adapter, FluxAdapter, WanAdapter):
+for _adapter in (
+    StableDiffusionAdapter,
+    StableDiffusionXLAdapter,
+    StableDiffusion3Adapter,
+    FluxAdapter,
+    WanAdapter,
+    WanI2VAdapter,
+):
     for _family in _adapter.families:
         ADAPTERS.register(_family, _adapter)
 del _adapter, _family
@@ -52,7 +61,7 @@ def adapter_for(generator: Generator) -> GeneratorAdapter:
     """The step-level adapter of a loaded generator.
 
     Raises:
-        NotImplementedError: For families without an adapter (``wan-i2v``).
+        NotImplementedError: For families without an adapter.
     """
     if generator.family not in ADAPTERS:
         raise NotImplementedError(f"No RL adapter for {generator.family!r}; supported: {sorted(ADAPTERS)}")

@@ -6,7 +6,7 @@ the denoiser with exactly the arguments (and batch layout) the pipeline uses. So
 log-prob recomputed through :meth:`PipelineAdapter.model_output` is bitwise the one computed while sampling.
 Subclasses (``unet``, ``flow`` and ``video`` modules) fill in the family hooks.
 
-Not supported: ``wan-i2v`` (image conditioning latents), FLUX "true CFG" (negative prompts), SDXL refiner-style
+Not supported: FLUX "true CFG" (negative prompts), SDXL refiner-style
 ``denoising_end``, LCM guidance embeddings.
 
 Text encoders run under ``torch.no_grad``: RL here trains the denoiser only.
@@ -110,6 +110,7 @@ class PipelineAdapter:
         num_frames: int | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         max_sequence_length: int | None = None,
+        condition_images: Sequence[Any] | None = None,
     ) -> DenoisingContext:
         """Encode the prompts and set the schedule, as the pipeline's ``__call__`` does before its loop.
 
@@ -122,6 +123,8 @@ class PipelineAdapter:
             num_frames: Frames per video (video families only).
             negative_prompt: Negative prompt(s) for classifier-free guidance.
             max_sequence_length: T5 prompt length; None uses :func:`rewarddance.models.generators.sample`'s rule.
+            condition_images: Image-to-video only: the conditioning image of each prompt (see
+                :class:`~rewarddance.models.adapters.video.WanI2VAdapter`); other families refuse them.
 
         Returns:
             The context.
@@ -160,12 +163,18 @@ class PipelineAdapter:
             prediction_type="flow",
             latent_dtype=self._latent_dtype(embeds),
         )
+        with torch.no_grad():
+            self._condition(context, prompt_list, condition_images)
         self._geometry(context)
         context.scheduler_kwargs = self._scheduler_kwargs(context, num_inference_steps)
         self._set_timesteps(context)
         context.timesteps = self.scheduler.timesteps.clone()
         self._fill_noise_levels(context)
         return context
+
+    def register_conditions(self, prompts: Sequence[str], images: Sequence[Any]) -> None:
+        """Image-to-video: remember each prompt's condition image (see :class:`GeneratorAdapter`)."""
+        raise ValueError(f"{self.generator.family} ({self.generator.task}) takes no condition images")
 
     def initial_latents(self, context: DenoisingContext, generator: RandomSource = None) -> Tensor:
         """Draw the initial noise as the pipeline's ``prepare_latents`` does (same shape, dtype and RNG use).
@@ -311,6 +320,11 @@ class PipelineAdapter:
     ) -> Encoded:
         """Prompt embeddings: ``(per-sample positive, per-sample negative or None, shared)``."""
         raise NotImplementedError
+
+    def _condition(self, context: DenoisingContext, prompts: list[str], images: Sequence[Any] | None) -> None:
+        """Add per-sample image conditioning to ``context.embeds`` (image-to-video); refuses images by default."""
+        if images is not None:
+            raise ValueError(f"{self.generator.family} ({self.generator.task}) takes no condition_images")
 
     def _geometry(self, context: DenoisingContext) -> None:
         """Fill geometry-dependent shared conditioning (FLUX position ids)."""

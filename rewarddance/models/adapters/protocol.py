@@ -119,8 +119,15 @@ class GeneratorAdapter(Protocol):
         num_frames: int | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         max_sequence_length: int | None = None,
+        condition_images: Sequence[Any] | None = None,
     ) -> DenoisingContext:
-        """Encode the prompts and set the schedule, as the pipeline does before its loop."""
+        """Encode the prompts and set the schedule, as the pipeline does before its loop (image-to-video: one
+        condition image per prompt, or None to look each prompt's up among those registered with the adapter)."""
+        ...
+
+    def register_conditions(self, prompts: Sequence[str], images: Sequence[Any]) -> None:
+        """Image-to-video: remember each prompt's condition image for later :meth:`prepare` calls given prompts
+        only (ReFL, best-of-N references, evaluation); other families raise ``ValueError``."""
         ...
 
     def initial_latents(self, context: DenoisingContext, generator: RandomSource = None) -> Tensor:

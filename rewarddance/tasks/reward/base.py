@@ -262,6 +262,7 @@ class RewardTask(RewardEvaluation):
             examples=examples,
             key=sample.key,
             tag=tag,
+            condition=sample.condition,
         )
 
     @property
