@@ -64,8 +64,9 @@ TRL_VERSION = "0.23.1"
 ZERO_SNR_FLOOR = 2**-24  # alpha_bar of a zero-SNR schedule's first step in TRL's arm (see train_trl)
 
 
-def recipe(config: str, kl_coef: float | None = None) -> dict[str, Any]:
-    """What both arms take from the GRPO config (``kl_coef``: rewarddance's KL coefficient instead of the config's)."""
+def recipe(config: str, kl_coef: float | None = None, per_tag: int | None = None) -> dict[str, Any]:
+    """What both arms take from the GRPO config; ``kl_coef`` (rewarddance's KL coefficient) and ``per_tag`` (training
+    prompts per tag) replace the config's when given."""
     with open(ROOT / config) as f:
         c = yaml.safe_load(f)
     model, data = c["model"]["init_args"], c["data"]["init_args"]
@@ -81,7 +82,7 @@ def recipe(config: str, kl_coef: float | None = None) -> dict[str, Any]:
         "weight_decay": model["optimizer"]["init_args"].get("weight_decay", 0.0),
         "clip_grad": c["trainer"].get("gradient_clip_val"),
         "prompts": data["train"],
-        "per_tag": data["per_tag"],
+        "per_tag": per_tag or data["per_tag"],
         "batch": data["batch_size"],
         "seed": data.get("seed", 0),
     }
@@ -113,13 +114,15 @@ def prompt_batches(r: dict[str, Any], steps: int) -> list[list[dict[str, Any]]]:
     from rewarddance.data.prompts import PromptDataModule
 
     data = PromptDataModule(train=r["prompts"], per_tag=r["per_tag"], batch_size=r["batch"], seed=r["seed"])
-    batches: list[list[dict[str, Any]]] = []
-    while len(batches) < steps:
-        for batch in data.train_dataloader():
-            batches.append([dict(item) for item in batch])
-            if len(batches) == steps:
-                break
-    return batches
+    # One epoch only: its last batch can be short, and DDPO's sample batch is fixed, so neither arm meets it.
+    batches = [[dict(item) for item in batch] for batch in data.train_dataloader()]
+    full = [batch for batch in batches if len(batch) == r["batch"]]
+    if len(full) < steps or any(len(batch) < r["batch"] for batch in batches[:steps]):
+        raise SystemExit(
+            f"--steps {steps}: {r['prompts']} at per_tag {r['per_tag']} has {len(full)} full batches of {r['batch']} "
+            "prompts in an epoch, and both arms must see the same full batches: fewer steps, or a larger --per-tag"
+        )
+    return batches[:steps]
 
 
 class Oracle:
@@ -325,7 +328,7 @@ def worker(args: argparse.Namespace) -> None:
     from rewarddance.data.prompts import load_prompts
 
     torch.set_num_threads(1)
-    r = recipe(args.config, args.kl_coef)
+    r = recipe(args.config, args.kl_coef, args.per_tag)
     batches = prompt_batches(r, args.steps)
     items = load_prompts(HELDOUT, per_tag=args.heldout_per_tag)
     oracle = Oracle()
@@ -353,6 +356,8 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
            "--heldout-per-tag", str(args.heldout_per_tag), "--heldout-samples", str(args.heldout_samples)]  # fmt: skip
     if args.kl_coef is not None:
         cmd += ["--kl-coef", str(args.kl_coef)]
+    if args.per_tag is not None:
+        cmd += ["--per-tag", str(args.per_tag)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -411,6 +416,9 @@ def main() -> None:
     parser.add_argument(
         "--kl-coef", type=float, help="rewarddance's KL coefficient instead of the config's (0: DDPO's work per step)"
     )
+    parser.add_argument(
+        "--per-tag", type=int, help="training prompts per tag instead of the config's (one epoch must hold --steps)"
+    )
     parser.add_argument("--out", type=Path, help="write every run's raw record (JSON) here")
     parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -421,6 +429,7 @@ def main() -> None:
         return
     if "trl" in args.arms:
         import_trl()  # fail before the first arm runs, not after it
+    prompt_batches(recipe(args.config, args.kl_coef, args.per_tag), args.steps)  # enough batches, before any arm
     load = os.getloadavg()
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in args.arms}
     for repeat in range(args.repeats):
@@ -433,7 +442,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}))
 
-    r = recipe(args.config, args.kl_coef)
+    r = recipe(args.config, args.kl_coef, args.per_tag)
     device = next(iter(runs.values()))[0]["device"]
     print(
         f"\n{args.config} on {r['generator']}: reward shapes-oracle (per-part mean), {r['batch']} prompts x "

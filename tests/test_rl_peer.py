@@ -66,6 +66,16 @@ def test_a_missing_trl_names_the_extra_to_install(peer, monkeypatch):
         peer.import_trl()
 
 
+def test_both_arms_get_full_batches_of_one_epoch_or_a_clear_refusal(peer):
+    r = peer.recipe(peer.CONFIG)
+    batches = peer.prompt_batches(r, 19)  # 78 prompts at the config's per_tag 20: 19 full batches and one of 2
+    assert len(batches) == 19 and all(len(batch) == 4 for batch in batches)
+    assert len({item["prompt"] for batch in batches for item in batch}) == 76  # one epoch: no prompt twice
+    with pytest.raises(SystemExit, match=r"--steps 20: .* 19 full batches .* larger --per-tag"):
+        peer.prompt_batches(r, 20)
+    assert len(peer.prompt_batches(peer.recipe(peer.CONFIG, per_tag=40), 30)) == 30
+
+
 def test_the_peer_extra_pins_trl():
     tomllib = pytest.importorskip("tomllib")
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
