@@ -1,7 +1,7 @@
 """rewarddance's GRPO against a peer, TRL's DDPOTrainer, on the same generator, reward, prompts and budget.
 
     pip install -e ".[peer]"   # trl==0.23.1, the last release with DDPOTrainer; nothing else uses it
-    python benchmarks/rl_peer.py [--steps 6] [--repeats 1] [--heldout-per-tag 2] [--out runs/rl_peer.json]
+    python benchmarks/rl_peer.py [--steps 6] [--repeats 1] [--kl-coef 0] [--per-tag 40] [--out runs/rl_peer.json]
 
 Both arms train the bundled generator (``data/generators/shapes-t2i``: an SD 1.5-architecture UNet, DDIM,
 v-prediction, 64 px) against the same reward, the shapes pixel oracle (``shapes-oracle``, its per-part mean score),
