@@ -159,7 +159,9 @@ def generic_template(path: Path) -> str:
 def fragment(variant: Variant, root: Path, steps: int, quick: bool, generated: Path | None) -> Path:
     """The ``--config`` fragment that puts the quickstart's recipe (and the variant's change) on a row's config."""
     recipe = yaml.safe_load(RECIPE.read_text())
-    model = {key: recipe["model"]["init_args"][key] for key in ("template", "optimizer", "lr_scheduler")}
+    model = {
+        key: recipe["model"]["init_args"][key] for key in ("template", "freeze_vision", "optimizer", "lr_scheduler")
+    }
     model["backbone"] = variant.backbone
     if variant.paradigm != "regressive":
         model["rationale_format"] = variant.rationale
@@ -289,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", help="row keys to run (default: all; see --list)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
-    parser.add_argument("--steps", type=int, help="training steps per fit (default: the quickstart's 3000; --quick: 2)")
+    parser.add_argument(
+        "--steps", type=int, help="training steps per fit (default: the quickstart's max_steps; --quick: 2)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (model init and data order)")
     parser.add_argument("--jobs", type=int, default=2, help="fits at a time (one torch thread each)")
     parser.add_argument("--examples", type=int, default=2, help="k of the in-context row")

@@ -67,6 +67,10 @@ def _reward_from_config(value: Any) -> Any:
     """jsonargparse's reading of a ``reward`` value: ``{class_path: X, init_args: {...}}`` becomes the equivalent
     ``{kind: X, ...}`` (what the task receives), which jsonargparse leaves alone; anything else is kept as it is
     for :func:`build_reward` to check, so a bad value is refused there, naming the field."""
+    if getattr(value, "_fields", None) == ("key", "val"):  # jsonargparse's NestedArg (a private namedtuple)
+        # One key given on the command line (--model.init_args.reward.best_of_n=4): refused here so that the
+        # annotation's dict branch merges it into the reward's previous mapping, which this function never sees.
+        raise ValueError(f"{value.key} alone is not a reward")
     if isinstance(value, Namespace):  # how jsonargparse passes a class_path mapping given on the command line
         value = value.as_dict()
     if isinstance(value, Mapping) and "class_path" in value and set(value) <= {"class_path", "init_args"}:

@@ -140,7 +140,7 @@ class GeneratorRLTask(GeneratorSampling):
         self,
         generator: str = "tiny-sd3",
         generator_kwargs: dict[str, Any] | None = None,
-        reward: RewardSpec = "shapes-color",
+        reward: RewardSpec | dict[str, Any] = "shapes-color",
         algorithm: Literal["refl", "grpo"] = "refl",
         refl: ReFLSettings | None = None,
         grpo: GRPOSettings | None = None,

@@ -97,6 +97,16 @@ def test_every_reward_form_parses_prints_and_builds(form: str, tmp_path: Path, c
         assert built.client.retries == 1
 
 
+def test_one_key_of_the_reward_is_overridden_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # --model.init_args.reward.<key>=<value> merges into the config's reward mapping (tutorial 04 does this).
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_rl(tmp_path), "--model.init_args.reward.best_of_n=4", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["reward"]
+    configured = yaml.safe_load(Path(GRPO).read_text())["model"]["init_args"]["reward"]
+    assert printed == {**configured, "best_of_n": 4}
+
+
 def test_the_printed_config_runs_again(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main([*_rl(tmp_path), "--config", _with_reward(tmp_path, COMBINED), "--print_config"])
