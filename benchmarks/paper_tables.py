@@ -90,18 +90,21 @@ class Block:
 def example_overrides(mode: str, k: int) -> dict:
     """The model arguments that give k in-context examples chosen by ``mode``.
 
-    ``first``: the first k labelled samples of the training source (yes/no alternating), the same for every query
-    (``GenerativeRewardTask(examples=k)``). A per-query retrieval (same tag, nearest prompt) adds its mode here.
+    ``first``: the first k labelled samples of the training source (yes/no alternating), the same for every query;
+    ``tag`` / ``similar``: retrieved per query from a pool, by the query's tag or by prompt similarity
+    (``GenerativeRewardTask(examples=k, example_retrieval=mode)``, docs/context.md).
     """
     if k == 0:
         return {}
-    if mode == "first":
+    if mode == "first":  # the task's default retrieval
         return {"examples": k}
-    raise SystemExit(f"unknown example mode {mode!r}; known: first")
+    if mode in ("tag", "similar"):
+        return {"examples": k, "example_retrieval": mode}
+    raise SystemExit(f"unknown example mode {mode!r}; known: first, tag, similar")
 
 
 def blocks(examples: int) -> list[Block]:
-    """The comparisons, each with the paper's figures for it (arXiv 2509.08826, as /work/shared/PAPER.md gives them)."""
+    """The comparisons, each with the paper's figures for it (RewardDance, arXiv 2509.08826)."""
     base = Variant()
     none = "none in the paper"
     return [
