@@ -91,7 +91,7 @@ def _pair(**kwargs: Any) -> tuple[GeneratorRLTask, GeneratorRLTask]:
     return tasks[0], tasks[1]
 
 
-def test_per_step_backward_makes_the_update_of_the_stacked_mean(tmp_path: Path, prompts_jsonl: str):
+def test_per_step_backward_makes_the_update_of_the_stacked_mean(tmp_path: Path, prompts_jsonl: str):  # noqa: F811 (the fixture)
     # SGD: the update is the gradient itself (Adam's first step would hide differences behind sign(g)); clipping on.
     sgd = lambda params: torch.optim.SGD(params, lr=10.0)  # noqa: E731
     per_step, stacked = _pair(optimizer=sgd, max_grad_norm=0.002)
@@ -110,7 +110,7 @@ def test_per_step_backward_makes_the_update_of_the_stacked_mean(tmp_path: Path, 
     assert float(fits[0].callback_metrics["train/grad_norm"]) > 0.002  # so the clipping above acted
 
 
-def test_per_step_backward_keeps_one_steps_activations_alive(tmp_path: Path, prompts_jsonl: str):
+def test_per_step_backward_keeps_one_steps_activations_alive(tmp_path: Path, prompts_jsonl: str):  # noqa: F811 (the fixture)
     per_step, stacked = _pair(max_grad_norm=None)
     peaks = []
     for task in (per_step, stacked):
@@ -122,7 +122,7 @@ def test_per_step_backward_keeps_one_steps_activations_alive(tmp_path: Path, pro
     assert peaks[0] < 0.6 * peaks[1]
 
 
-def test_clipping_is_the_tasks_and_the_trainers_is_refused_naming_it(tmp_path: Path, prompts_jsonl: str):
+def test_clipping_is_the_tasks_and_the_trainers_is_refused_naming_it(tmp_path: Path, prompts_jsonl: str):  # noqa: F811 (the fixture)
     task = GeneratorRLTask(plot=False, export=False, **FAST)
     with pytest.raises(UsageError, match=r"trainer.gradient_clip_val: 0.5: .* set model.init_args.max_grad_norm: 0.5"):
         _fit(task, prompts_jsonl, tmp_path, gradient_clip_val=0.5)
@@ -132,7 +132,7 @@ def test_clipping_is_the_tasks_and_the_trainers_is_refused_naming_it(tmp_path: P
         GeneratorRLTask(max_grad_norm=-1.0)
 
 
-def test_a_checkpoint_of_automatic_optimization_resumes_at_its_step(tmp_path: Path, prompts_jsonl: str):
+def test_a_checkpoint_of_automatic_optimization_resumes_at_its_step(tmp_path: Path, prompts_jsonl: str):  # noqa: F811 (the fixture)
     task = GeneratorRLTask(plot=False, export=False, **FAST)
     save = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
     _fit(task, prompts_jsonl, tmp_path, max_steps=2, callbacks=[save], enable_checkpointing=True)
@@ -161,3 +161,17 @@ def test_a_checkpoint_of_automatic_optimization_resumes_at_its_step(tmp_path: Pa
     )  # fmt: skip
     fit.fit(resumed, datamodule=_data(prompts_jsonl), ckpt_path=tmp_path / "automatic.ckpt")
     assert steps == [2] and fit.global_step == 3
+
+
+def test_the_lr_scheduler_steps_once_per_update(tmp_path: Path, prompts_jsonl: str):  # noqa: F811 (the fixture)
+    # Manual optimization: Lightning steps no scheduler; the task does, after each optimizer step.
+    task = GeneratorRLTask(
+        plot=False,
+        export=False,
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (step + 1)),
+        **FAST,
+    )
+    fit = _fit(task, prompts_jsonl, tmp_path, max_steps=3)
+    assert fit.global_step == 3
+    assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(1 / 4)
