@@ -127,7 +127,7 @@ def worker(args: argparse.Namespace) -> None:
     data = PromptDataModule(train=str(jsonl), batch_size=len(batch), shuffle=False)  # one fixed batch
     trainer = L.Trainer(
         max_steps=args.steps + 1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[Measure()], gradient_clip_val=1.0,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Measure()],
     )  # fmt: skip
     trainer.fit(task, datamodule=data)
     print(json.dumps({

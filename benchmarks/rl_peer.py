@@ -80,7 +80,7 @@ def recipe(config: str, kl_coef: float | None = None, per_tag: int | None = None
         "guidance": model["guidance_scale"],
         "lr": model["optimizer"]["init_args"]["lr"],
         "weight_decay": model["optimizer"]["init_args"].get("weight_decay", 0.0),
-        "clip_grad": c["trainer"].get("gradient_clip_val"),
+        "clip_grad": model.get("max_grad_norm", 1.0),  # the task's default
         "prompts": data["train"],
         "per_tag": per_tag or data["per_tag"],
         "batch": data["batch_size"],
@@ -203,6 +203,7 @@ def train_rewarddance(r: dict[str, Any], batches: list, oracle: Oracle, evaluate
         export=False,
         seed=0,
         optimizer=lambda params: torch.optim.AdamW(params, lr=r["lr"], weight_decay=r["weight_decay"]),
+        max_grad_norm=r["clip_grad"],
     )
     task.configure_model()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -221,7 +222,7 @@ def train_rewarddance(r: dict[str, Any], batches: list, oracle: Oracle, evaluate
     data = PromptDataModule(train=r["prompts"], per_tag=r["per_tag"], batch_size=r["batch"], seed=r["seed"])
     trainer = L.Trainer(
         max_steps=len(batches), accelerator=device, devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=r["clip_grad"],
+        enable_progress_bar=False, enable_model_summary=False,
         callbacks=[Timer()], num_sanity_val_steps=0,
     )  # fmt: skip
     if device == "cuda":

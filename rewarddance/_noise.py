@@ -1,6 +1,6 @@
 """Silence the library messages every rewarddance command used to open with, and only those.
 
-Both come from code rewarddance does not own and cannot avoid calling, and neither asks the
+All come from code rewarddance does not own and cannot avoid calling, and none asks the
 user to do anything:
 
 - transformers 5.x logs "`CLIPImageProcessor` requires torchvision (not installed); falling back
@@ -10,6 +10,10 @@ user to do anything:
   it uses; with torchvision installed the message does not appear at all.
 - torch 2.13 deprecates constructing ``LeafSpec``; Lightning 2.6's ``CombinedLoader`` still does
   (``lightning/pytorch/utilities/_pytree.py``) for every dataloader of every fit, validate and test.
+- Lightning 2.6's ``ModelCheckpoint`` warns at every ``every_n_train_steps`` save of a manually optimized task
+  (the RL task, generator pretraining) that the checkpoint holds the weights after the step's update, and asks
+  for a ``saved_models`` dict on a ``layer`` attribute; automatic optimization saves the same state, which is
+  what resuming needs.
 - Lightning 2.6 opens every fit with two "💡 Tip: For seamless cloud ..." lines advertising its
   hosted services (litlogger, litmodels) whenever those packages are not installed
   (``logger_connector.py``, ``callback_connector.py``, logged through ``rank_zero_info``).
@@ -53,6 +57,11 @@ def silence_known_noise() -> None:
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropCloudTip) for f in tips.filters):
         tips.addFilter(_DropCloudTip())
+    warnings.filterwarnings(
+        "ignore",
+        message=re.escape("Using ModelCheckpoint with manual optimization and every_n_train_steps, but no pre-opt"),
+        category=UserWarning,
+    )
     warnings.filterwarnings(
         "ignore",
         message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),

@@ -277,6 +277,10 @@ CASES: dict[str, Case] = {
         lambda e: _rl(e, "--model.init_args.algorithm", "refl", "--model.init_args.refl", "{anchor_weight: 1.0}"),
         lambda e: "model.init_args.refl.anchor_weight trains on the best-of-N references",
     ),
+    "RL with the Trainer's gradient clipping (the task clips: max_grad_norm)": Case(
+        lambda e: _rl(e, "--trainer.gradient_clip_val", "0.5"),
+        lambda e: "trainer.gradient_clip_val: 0.5: the RL task clips gradients itself",
+    ),
     # export
     "corrupt (random bytes) checkpoint": Case(
         lambda e: _export(e, "garbage.ckpt"), lambda e: "garbage.ckpt' is corrupt"

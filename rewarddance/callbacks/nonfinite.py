@@ -67,13 +67,12 @@ def check_finite(pl_module: L.LightningModule, what: str, values: Tensor) -> Non
     _stop_if_any(pl_module, what, bad, values.numel(), "values are NaN or inf")
 
 
+CLIPPING = "trainer.gradient_clip_val; the RL task: model.init_args.max_grad_norm"
 ADVICE = {
-    "loss": "Check this batch's inputs for bad values, lower the learning rate, or enable gradient clipping "
-    "(trainer.gradient_clip_val).",
-    "gradient norm": "Lower the learning rate or enable gradient clipping (trainer.gradient_clip_val); in 16-bit "
-    "precision, try 32-bit.",
+    "loss": f"Check this batch's inputs for bad values, lower the learning rate, or enable gradient clipping ({CLIPPING}).",
+    "gradient norm": f"Lower the learning rate or enable gradient clipping ({CLIPPING}); in 16-bit precision, try 32-bit.",
     "reward": "Check the reward (model or function) for NaNs on this batch's images, lower the learning rate, or "
-    "enable gradient clipping (trainer.gradient_clip_val).",
+    "enable gradient clipping (model.init_args.max_grad_norm).",
 }
 
 

@@ -47,6 +47,7 @@ unchanged model in the same batch layout gives a ratio of exactly 1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -292,6 +293,25 @@ class GRPOLoss:
     ratio: Tensor
     clip_fraction: Tensor
     approx_kl: Tensor
+
+    def detached(self) -> GRPOLoss:
+        """A copy without the graph: keeping it does not keep the step's activations alive."""
+        return GRPOLoss(**{f.name: getattr(self, f.name).detach() for f in dataclasses.fields(self)})
+
+
+def grpo_log_values(results: Sequence[GRPOLoss]) -> dict[str, Tensor]:
+    """What an update logs about the losses of its trained steps: their means, and the largest ``|ratio - 1|``."""
+
+    def mean(name: str) -> Tensor:
+        return torch.stack([getattr(r, name).detach() for r in results]).mean()
+
+    return {
+        "train/policy_loss": mean("policy_loss"),
+        "train/kl": mean("kl"),
+        "train/clip_fraction": mean("clip_fraction"),
+        "train/approx_kl": mean("approx_kl"),
+        "train/ratio_deviation": (torch.cat([r.ratio.detach() for r in results]) - 1).abs().max(),
+    }
 
 
 def grpo_loss(

@@ -106,8 +106,8 @@ class GRPOSettings:
             denoiser with adapters disabled; with full fine-tuning a frozen copy is kept.
         sde_steps: Step indices sampled with the SDE (the trainable ones); null: all (a UNet's last step is
             always deterministic). The others take the deterministic Euler / DDIM step (cheaper training, as Flow-GRPO-Fast / MixGRPO).
-        train_steps: Stochastic steps trained per update, drawn at random; null: all. Each trained step keeps its
-            graph until the backward pass: fewer steps, or gradient checkpointing, bound the memory.
+        train_steps: Stochastic steps trained per update, drawn at random; null: all. Each is backpropagated as
+            soon as its loss is computed (one step's graph alive at a time), so more steps cost time, not memory.
         global_std: Normalise advantages by the std of the whole batch instead of each group's.
         rollout_reuse: Optimizer steps per batch of rollouts. 1 is on-policy: every ratio is exactly 1 and the
             clip never acts. k > 1 trains k updates on the rollouts of one prompt batch (each with a new draw of

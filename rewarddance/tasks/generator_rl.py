@@ -16,7 +16,10 @@ model, pairwise with best-of-N references or pointwise, or any differentiable ca
 Guard rails: a non-finite reward, loss or gradient stops the run *before* the update, saves the still-good weights
 to ``last-good.ckpt`` and raises :class:`~rewarddance.callbacks.NonFiniteError` (the shared
 :class:`~rewarddance.callbacks.NonFiniteGuard` checks loss and gradients, the task its reward); gradient clipping
-is the Trainer's ``gradient_clip_val``; samples whose pixels stop varying raise a :class:`SampleCollapseWarning`.
+is the task's ``max_grad_norm``; samples whose pixels stop varying raise a :class:`SampleCollapseWarning`.
+
+Memory: GRPO backpropagates each trained step's loss (divided by the number of steps) as soon as it is computed
+(manual optimization), so one step's activations are alive at a time, as in DDPO; the update is the mean loss's.
 
 Diagnostics: the reward std in a sliding window of iterations (:class:`rewarddance.metrics.RewardVariance`, the
 paper's measure); every ``eval_every`` steps (and before the first) a fixed prompt set (the DataModule's ``val``)
@@ -54,6 +57,7 @@ from rewarddance.rl.diagnostics import sample_diversity
 from rewarddance.rl.grpo import (
     Trajectory,
     group_advantages,
+    grpo_log_values,
     grpo_loss,
     recompute_step,
     sample_trajectory,
@@ -62,7 +66,7 @@ from rewarddance.rl.grpo import (
 from rewarddance.rl.refl import anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
 from rewarddance.rl.rewards import RewardSpec, build_reward
 from rewarddance.rl.settings import GeneratorLora, GRPOSettings, ReFLSettings, as_settings
-from rewarddance.tasks.generator_sampling import GeneratorSampling
+from rewarddance.tasks.generator_sampling import GeneratorSampling, SampleCollapseWarning
 
 __all__ = ["GeneratorRLTask", "SampleCollapseWarning"]
 
@@ -71,10 +75,6 @@ DEFAULT_LR = 1e-5
 
 VP_SDE_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler")
 """UNet schedulers GRPO can sample DDIM's SDE with (their latents are VP: no sigma scaling)."""
-
-
-class SampleCollapseWarning(UserWarning):
-    """The generator's samples have collapsed to near-constant (black, white, flat) images."""
 
 
 @dataclass
@@ -130,6 +130,8 @@ class GeneratorRLTask(GeneratorSampling):
         seed: Seed of noise, ReFL steps, GRPO draws and evaluation samples (combined with the step and rank).
         optimizer: Optimizer factory; null: AdamW, lr 1e-5, no weight decay.
         lr_scheduler: Learning-rate scheduler factory, stepped every optimizer step; null: none.
+        max_grad_norm: Clip the gradients' global L2 norm to this before each update (replaces
+            ``trainer.gradient_clip_val``, which manual optimization refuses); null or 0: no clipping.
         plot: Save ``rl_curves.png`` to the log dir at fit end (needs matplotlib).
         export: Save the tuned generator to ``<log dir>/export`` at fit end (a diffusers folder, LoRA fused in,
             the adapter alone in ``export/lora``), loadable by ``load_generator`` and the ``generate`` /
@@ -163,6 +165,7 @@ class GeneratorRLTask(GeneratorSampling):
         seed: int = 0,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        max_grad_norm: float | None = 1.0,
         plot: bool = True,
         export: bool = True,
     ) -> None:
@@ -179,6 +182,7 @@ class GeneratorRLTask(GeneratorSampling):
                 self.hparams[name] = dataclasses.asdict(value)  # type: ignore[arg-type]
         self.reward_spec = reward
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.automatic_optimization = False  # the steps below backpropagate, clip and step themselves
         self._validate()
 
         self.reward_variance = RewardVariance(window=reward_window)
@@ -194,7 +198,6 @@ class GeneratorRLTask(GeneratorSampling):
         """GRPO: the importance ratios of the latest fresh rollout's first recompute (exactly 1 when consistent)."""
         self.plot_path: Path | None = None
         self._rollout: _Rollout | None = None
-        self._collapsed = False
 
     # -- settings ----------------------------------------------------------------------------------------------
 
@@ -218,6 +221,8 @@ class GeneratorRLTask(GeneratorSampling):
             self.grpo_settings.check()
         if self.hparams.eval_samples_per_prompt < 1 or self.hparams.eval_batch_size < 1:
             raise ValueError("eval_samples_per_prompt and eval_batch_size must be >= 1")
+        if (self.hparams.max_grad_norm or 0) < 0:
+            raise ValueError(f"max_grad_norm must be >= 0 or null, got {self.hparams.max_grad_norm}")
 
     # -- model -------------------------------------------------------------------------------------------------
 
@@ -266,15 +271,27 @@ class GeneratorRLTask(GeneratorSampling):
     # -- training ----------------------------------------------------------------------------------------------
 
     def training_step(self, batch: list[PromptItem], batch_idx: int) -> Tensor:
+        """One update: the algorithm's step backpropagates its loss; then clipping (in
+        :meth:`on_before_optimizer_step`), the optimizer step and the scheduler's, as automatic optimization would."""
         prompts = [item["prompt"] for item in batch]
         metadata = [item.get("metadata") or {} for item in batch]
         self.register_conditions(prompts, metadata)
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
         if self.hparams.algorithm == "refl":
-            return self.refl_step(prompts, metadata)
-        return self.grpo_step(prompts, metadata)
+            loss = self.refl_step(prompts, metadata)
+            self.backward_part(loss)
+        else:
+            loss = self.grpo_step(prompts, metadata)
+        optimizer.step()  # counts global_step, as the automatic loop's step does
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()  # type: ignore[union-attr]
+        return loss.detach()
 
     def refl_step(self, prompts: list[str], metadata: list[dict[str, Any]]) -> Tensor:
-        """One ReFL update's loss: no-grad sampling to a random late step, one step with gradient, reward."""
+        """One ReFL update's loss (the caller backpropagates it): no-grad sampling to a random late step, one step
+        with gradient, reward."""
         self.components()
         assert self.adapter is not None and self.reward is not None
         settings = self.refl_settings
@@ -311,7 +328,8 @@ class GeneratorRLTask(GeneratorSampling):
         return anchor_loss(self.adapter, context, x0, step, rng)
 
     def grpo_step(self, prompts: list[str], metadata: list[dict[str, Any]]) -> Tensor:
-        """One GRPO update's loss on fresh (or reused) rollouts of the batch's prompts."""
+        """One GRPO update on fresh (or reused) rollouts of the batch's prompts: backpropagates each trained step's
+        loss / steps right away (one step's graph alive at a time; the gradient of the mean) and returns the mean."""
         self.components()
         assert self.adapter is not None
         settings = self.grpo_settings
@@ -326,8 +344,9 @@ class GeneratorRLTask(GeneratorSampling):
         if settings.train_steps is not None and settings.train_steps < len(stochastic):
             pick = torch.randperm(len(stochastic), generator=self.step_rng("grpo-steps"))[: settings.train_steps]
             stochastic = stochastic[pick.sort().values]
-        losses, policy, kls, clipped, drift, ratios = [], [], [], [], [], []
-        for i, step in enumerate(stochastic.tolist()):
+        results = []
+        steps = stochastic.tolist()
+        for i, step in enumerate(steps):
             kl = None
             if settings.kl_coef > 0:
                 # Before the gradient pass: disabling LoRA toggles requires_grad on the adapter weights.
@@ -347,20 +366,11 @@ class GeneratorRLTask(GeneratorSampling):
             )
             if i == 0 and fresh:
                 self._check_first_ratio(result.ratio, settings.clip_range)
-            losses.append(result.loss)
-            policy.append(result.policy_loss.detach())
-            kls.append(result.kl.detach())
-            clipped.append(result.clip_fraction)
-            drift.append(result.approx_kl)
-            ratios.append(result.ratio)
-        loss = torch.stack(losses).mean()
-        n = len(prompts)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
-        self.log("train/policy_loss", torch.stack(policy).mean(), batch_size=n)
-        self.log("train/kl", torch.stack(kls).mean(), batch_size=n)
-        self.log("train/clip_fraction", torch.stack(clipped).mean(), batch_size=n)
-        self.log("train/approx_kl", torch.stack(drift).mean(), batch_size=n)
-        self.log("train/ratio_deviation", (torch.cat(ratios) - 1).abs().max(), batch_size=n)
+            self.backward_part(result.loss / len(steps), last=i == len(steps) - 1)  # frees this step's graph
+            results.append(result.detached())
+        loss = torch.stack([r.loss for r in results]).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
+        self.log_dict(grpo_log_values(results), batch_size=len(prompts))
         return loss
 
     def _sample_rollouts(self, prompts: list[str], metadata: list[dict[str, Any]]) -> _Rollout:
@@ -405,6 +415,7 @@ class GeneratorRLTask(GeneratorSampling):
     # -- guard rails and logging -------------------------------------------------------------------------------
 
     def configure_callbacks(self) -> list[L.Callback]:
+        self.check_trainer()  # before Lightning's own checks, whose refusal of clipping names no replacement
         return task_callbacks(self)  # the loss and gradient checks (the reward is checked in the step)
 
     def on_non_finite(self) -> None:
@@ -412,9 +423,12 @@ class GeneratorRLTask(GeneratorSampling):
         self.save_plot()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Inside optimizer.step(), after the loss scaler unscaled the gradients: where automatic optimization clips.
         norms = gradient_norms(self)
         if norms:
             self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(list(norms.values()))))
+        if self.hparams.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
 
     def _record_rewards(self, rewards: Tensor, images: Tensor, batch_size: int) -> None:
         r = rewards.detach().float()
@@ -434,21 +448,6 @@ class GeneratorRLTask(GeneratorSampling):
         train["reward_mean"].append(float(r.mean()))
         train["reward_std"].append(std)
         train["window_std"].append(window_std)
-
-    def check_collapse(self, images: Tensor) -> float:
-        """The batch's mean per-image pixel std; warns (:class:`SampleCollapseWarning`) when it falls below
-        ``collapse_std`` (once per collapse, again after a recovery)."""
-        std = float(images.detach().float().flatten(1).std(dim=1).mean())
-        collapsed = std < self.hparams.collapse_std
-        if collapsed and not self._collapsed:
-            rank_zero_warn(
-                f"Samples collapsed to near-constant images at step {self.global_step}: mean per-image pixel std "
-                f"{std:.4f} < collapse_std {self.hparams.collapse_std} (black, white or flat outputs). Typical of "
-                "reward hacking or a too-high learning rate; inspect samples and the oracle score.",
-                category=SampleCollapseWarning,
-            )
-        self._collapsed = collapsed
-        return std
 
     # -- evaluation --------------------------------------------------------------------------------------------
 
@@ -507,6 +506,7 @@ class GeneratorRLTask(GeneratorSampling):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # checkpoints of automatic optimization resume at their step
         record = checkpoint.get("rewarddance_rl")
         if record is not None:
             self.history = record["history"]

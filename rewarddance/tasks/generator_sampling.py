@@ -3,8 +3,9 @@
 :class:`GeneratorSampling` loads the generator for training (LoRA on the denoiser or full fine-tuning, the VAE and
 text encoders frozen), moves the frozen parts to the device, samples the current policy or the *starting* one (the
 denoiser with adapters disabled, or a frozen copy kept for full fine-tuning), keeps the latents of best-of-N
-candidates for ReFL's anchor loss, and exports the tuned generator as a diffusers folder. The task adds the
-reward, the algorithms and the diagnostics.
+candidates for ReFL's anchor loss, exports the tuned generator as a diffusers folder, and holds the mechanics of
+manual optimization (a loss backpropagated in parts, the Trainer settings it refuses, older checkpoints). The task
+adds the reward, the algorithms and the diagnostics.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from rewarddance.errors import UsageError
@@ -27,7 +29,10 @@ from rewarddance.models.generators import Generator, load_generator, save_pipeli
 from rewarddance.rl.rewards import Reward
 from rewarddance.rl.settings import GeneratorLora, as_settings
 
-__all__ = ["GeneratorSampling"]
+__all__ = ["GeneratorSampling", "SampleCollapseWarning"]
+
+MANUAL_STEPS = "epoch_loop.manual_optimization.optim_step_progress"
+"""Where a fit loop's state (``checkpoint["loops"]["fit_loop"]``) counts manual optimizer steps."""
 
 
 def _seed(*parts: Any) -> int:
@@ -35,12 +40,16 @@ def _seed(*parts: Any) -> int:
     return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
 
 
+class SampleCollapseWarning(UserWarning):
+    """The generator's samples have collapsed to near-constant (black, white, flat) images."""
+
+
 class GeneratorSampling(L.LightningModule):
     """Load, freeze, sample and export the generator of an RL run (module docstring).
 
     A base class: the subclass declares the hyperparameters this reads (``generator``, ``generator_kwargs``,
     ``lora``, ``gradient_checkpointing``, ``frozen_dtype``, ``height``, ``width``, ``num_frames``,
-    ``num_inference_steps``, ``guidance_scale``, ``negative_prompt``, ``seed``), calls :meth:`load_generator` from
+    ``num_inference_steps``, ``guidance_scale``, ``negative_prompt``, ``seed``, ``collapse_std``), calls :meth:`load_generator` from
     its ``configure_model`` and sets ``reward`` there.
     """
 
@@ -53,6 +62,7 @@ class GeneratorSampling(L.LightningModule):
         """Keep the clean latents of the starting model's best-of-N candidates (ReFL's anchor loss trains on them)."""
         self._starting_denoiser: torch.nn.Module | None = None
         self._candidate_latents: dict[str, Tensor] = {}  # per prompt: clean latents of the reference candidates
+        self._collapsed = False
 
     @property
     def lora_settings(self) -> GeneratorLora | None:
@@ -225,6 +235,58 @@ class GeneratorSampling(L.LightningModule):
                 latents = self._candidate_latents[prompt] = latents[selection.indices.cpu()]
             rows.append(latents)
         return torch.cat(rows).to(self.device)
+
+    # -- manual optimization -------------------------------------------------------------------------------
+
+    def backward_part(self, loss: Tensor, last: bool = True) -> None:
+        """Backpropagate one part of an update's loss. Under DDP every part but the ``last`` accumulates locally
+        (``DistributedDataParallel.no_sync``: Lightning's ``prepare_for_backward`` then leaves the reducer unarmed)
+        and the last all-reduces the accumulated gradient once; FSDP reduces each part (the same sum)."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)  # parallel strategies only
+        with contextlib.nullcontext() if last or block is None else block():
+            self.manual_backward(loss)
+
+    def check_trainer(self) -> None:
+        """Refuse, naming the replacement, what Lightning refuses with manual optimization (call it from
+        ``configure_callbacks``: Lightning validates the Trainer right after)."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        if trainer.gradient_clip_val:
+            raise UsageError(
+                f"trainer.gradient_clip_val: {trainer.gradient_clip_val}: the RL task clips gradients itself (it "
+                "backpropagates each GRPO step as it goes, which Lightning's clipping refuses): remove it and set "
+                f"model.init_args.max_grad_norm: {trainer.gradient_clip_val} (the default is 1.0)."
+            )
+        if trainer.accumulate_grad_batches != 1:
+            raise UsageError(
+                f"trainer.accumulate_grad_batches: {trainer.accumulate_grad_batches}: the RL task updates once per "
+                "batch (manual optimization): remove it and raise data.init_args.batch_size instead."
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint saved under automatic optimization (before this task optimized manually) counts its steps
+        # in the automatic loop's progress, and global_step reads the manual one: carry the count over.
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        automatic = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+        manual = loop.get(MANUAL_STEPS)
+        if automatic and manual and automatic["total"]["completed"] > manual["total"]["completed"] == 0:
+            loop[MANUAL_STEPS] = copy.deepcopy(automatic)
+
+    def check_collapse(self, images: Tensor) -> float:
+        """The batch's mean per-image pixel std; warns (:class:`SampleCollapseWarning`) when it falls below
+        ``collapse_std`` (once per collapse, again after a recovery)."""
+        std = float(images.detach().float().flatten(1).std(dim=1).mean())
+        collapsed = std < self.hparams.collapse_std
+        if collapsed and not self._collapsed:
+            rank_zero_warn(
+                f"Samples collapsed to near-constant images at step {self.global_step}: mean per-image pixel std "
+                f"{std:.4f} < collapse_std {self.hparams.collapse_std} (black, white or flat outputs). Typical of "
+                "reward hacking or a too-high learning rate; inspect samples and the oracle score.",
+                category=SampleCollapseWarning,
+            )
+        self._collapsed = collapsed
+        return std
 
     def precision_context(self) -> contextlib.AbstractContextManager[Any]:
         # Hooks outside training_step run without the precision plugin's autocast; mixed-dtype parts need it.

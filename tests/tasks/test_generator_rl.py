@@ -68,8 +68,7 @@ def _trainer(root: Path, steps: int) -> L.Trainer:
         default_root_dir=root,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=1.0,
+        enable_model_summary=False,  # clipping: the task's max_grad_norm (default 1.0)
         log_every_n_steps=1,
     )
 

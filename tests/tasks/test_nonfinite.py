@@ -46,9 +46,12 @@ class Inject(L.Callback):
             _find(task, self.module, "modules").register_forward_hook(lambda module, args, out: out * NAN)
         if self.parameter is not None:  # the loss is finite, one parameter's gradient is not
             _find(task, self.parameter, "parameters").register_hook(lambda grad: torch.full_like(grad, NAN))
-        if self.loss:  # a finite reward, a NaN loss (GRPO's ratios can overflow so)
+        if self.loss and task.automatic_optimization:  # a finite reward, a NaN loss (GRPO's ratios can overflow so)
             step = task.training_step
             task.training_step = lambda *args, **kwargs: step(*args, **kwargs) * NAN  # type: ignore[method-assign]
+        elif self.loss:  # manual optimization (the RL task): the loss the step backpropagates
+            backward = task.manual_backward
+            task.manual_backward = lambda loss, *a, **k: backward(loss * NAN, *a, **k)  # type: ignore[method-assign]
 
 
 def _find(task: L.LightningModule, name: str, kind: str) -> Any:
