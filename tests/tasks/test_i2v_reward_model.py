@@ -151,7 +151,14 @@ class RecordingReward(RewardModelReward):
         return rewards
 
 
-def test_i2v_grpo_runs_on_a_pairwise_reward_model_that_sees_the_condition(exports: dict[str, Path], tmp_path) -> None:
+REFL = ["--model.init_args.refl.t_min=2", "--model.init_args.refl.t_max=3", "--model.init_args.refl.anchor_weight=0.5"]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "refl"])
+def test_i2v_rl_runs_on_a_pairwise_reward_model_that_sees_the_condition(
+    exports: dict[str, Path], tmp_path: Path, algorithm: str
+) -> None:
+    """Two steps of the shipped config (ReFL with the anchor loss on the references too)."""
     path = exports["pairwise"]
     spec = {"kind": f"{__name__}.RecordingReward", "path": str(path), "best_of_n": 2, "top_k": 1}
     cli = main(
@@ -168,6 +175,8 @@ def test_i2v_grpo_runs_on_a_pairwise_reward_model_that_sees_the_condition(export
             "--model.init_args.export=false",
             "--model.init_args.eval_every=0",
             "--data.init_args.per_tag=1",
+            f"--model.init_args.algorithm={algorithm}",
+            *(REFL if algorithm == "refl" else []),
         ]
     )
     task = cli.model
@@ -175,7 +184,7 @@ def test_i2v_grpo_runs_on_a_pairwise_reward_model_that_sees_the_condition(export
     reward = task.reward
     assert isinstance(reward, RecordingReward) and len(reward.calls) == 2
     model = RewardModel.from_pretrained(path)
-    for clips, texts, metadata, rewards in reward.calls:
+    for clips, texts, metadata, rewards in reward.calls:  # GRPO: each rollout's; ReFL: each step's
         conditions = _conditions(metadata)
         # Each prompt's references were chosen with its condition image (cached per prompt and image).
         references = [reward.cache.get(reward.reference_key(t, c)) for t, c in zip(texts, conditions)]
