@@ -23,7 +23,7 @@ from rewarddance.judge.reward import RewardModelReward
 from rewarddance.judge.reward_model import EXPORT_CONFIG, RewardModel
 from rewarddance.models.adapters import load_condition_image
 from rewarddance.models.pixels import to_pil_images
-from rewarddance.tasks import GeneratorRLTask
+from rewarddance.tasks import GenerativeRewardTask, GeneratorRLTask
 from tests.tasks.test_video_reward_training import fit_video_reward, shapes_clips
 
 ROOT = Path(__file__).parents[2]
@@ -75,6 +75,16 @@ def test_the_export_records_whether_training_showed_condition_images(exports: di
     for name, expected in (("pairwise", "always"), ("pointwise", "always"), ("plain", "never")):
         assert json.loads((exports[name] / EXPORT_CONFIG).read_text())["conditions"] == expected
         assert RewardModel.from_pretrained(exports[name]).conditions == expected
+
+
+def test_the_record_survives_a_resume() -> None:
+    trained = GenerativeRewardTask(paradigm="pairwise")
+    trained.trained_conditions = {True}
+    checkpoint: dict[str, Any] = {}
+    trained.on_save_checkpoint(checkpoint)
+    resumed = GenerativeRewardTask(paradigm="pairwise")
+    resumed.on_load_checkpoint(checkpoint)  # no state_dict: the record only
+    assert resumed.trained_conditions == {True}
 
 
 def test_pointwise_reward_shows_the_condition_and_keeps_gradients(exports: dict[str, Path], prompts) -> None:
