@@ -76,6 +76,8 @@ class RewardBatch:
         keys: Sample keys, in row order of first appearance.
         counts: What collate skipped, excluded or truncated (logged).
         queries: The row queries, kept when scoring must re-encode them (reasons-first generation).
+        conditioned: Samples (loader repeats left out) shown with a condition image (image-to-video): the task
+            records whether it trained with them, for the export.
     """
 
     inputs: Mapping[str, Any] | None
@@ -93,6 +95,7 @@ class RewardBatch:
     keys: list[str]
     counts: dict[str, int]
     queries: list[Query] | None = None
+    conditioned: int = 0
     previews: list[dict[str, Any]] = field(default_factory=list)
     """The first pairs of the batch as the model saw them (prompt, image 1, image 2, target), for
     the table of sample pairs a wandb logger shows; the i-th preview is pair i."""
@@ -185,6 +188,7 @@ class RewardCollator:
         point_rows, point_targets, point_padding = [], [], []
         keys: list[str] = []
         previews: list[dict[str, Any]] = []
+        conditioned = 0
         for sample in samples:
             rows = self.rows(sample)
             if isinstance(rows, str):
@@ -192,6 +196,7 @@ class RewardCollator:
                 continue
             if not sample.padding:
                 counts.update(rows.counts)
+                conditioned += sample.condition is not None
             start = len(queries)
             trained = True
             if rows.pair_target is not None:
@@ -251,5 +256,6 @@ class RewardCollator:
             keys=keys,
             counts={k: v for k, v in counts.items() if v},
             queries=queries if self.rationale_format == "reasons_first" else None,
+            conditioned=conditioned,
             previews=previews,
         )

@@ -124,6 +124,7 @@ def differentiable_rewards(
     normalization: Normalization | None = None,
     quantize: bool = True,
     tags: Sequence[str | None] | None = None,
+    conditions: Sequence[Image.Image | None] | None = None,
 ) -> Tensor:
     """Rewards with gradients to the image tensor: what ReFL backpropagates into a generator.
 
@@ -149,6 +150,8 @@ def differentiable_rewards(
         normalization: Backbone: ``"yes_no"`` (default) or ``"vocab"``; a RewardModel uses its own.
         quantize: See :func:`rewarddance.models.pixels.pixel_inputs_from_tensor`.
         tags: RewardModel: each image's tag, for a model that retrieves its in-context examples by tag.
+        conditions: RewardModel, image-to-video: each image's condition image (PIL, None where none), shown
+            before the clips as :meth:`RewardModel.score` shows it; fixed inputs, without gradients.
 
     Returns:
         ``[B]`` float32 rewards on the model's device, differentiable w.r.t. ``images`` (and
@@ -156,6 +159,8 @@ def differentiable_rewards(
 
     Raises:
         NotImplementedError: For a reasons-first model (its rationale is generated, not differentiable).
+        UsageError: Condition images a RewardModel was not trained with, or none where it was
+            (:meth:`RewardModel.check_conditions`).
         RuntimeError: If the processor's settings could not be reproduced.
     """
     sources: dict[int, tuple[Tensor, int]] = {}
@@ -173,7 +178,7 @@ def differentiable_rewards(
         backbone = model.backbone
         backbone.model.eval()  # as RewardModel.score: a frozen judge, no dropout
         recorder = _RecordingProcessor(backbone.processor)
-        queries = model.queries(list(prompts), candidates, refs, criteria, tags=tags)
+        queries = model.queries(list(prompts), candidates, refs, criteria, tags=tags, conditions=conditions)
         batch, _ = encode_queries(
             dataclasses.replace(backbone, processor=recorder),
             model.template,
@@ -184,6 +189,11 @@ def differentiable_rewards(
         )
         normalization = model.config.get("normalization")
     elif isinstance(model, Backbone):
+        if conditions is not None:
+            raise ValueError(
+                "conditions= needs a RewardModel (its template shows them before the clips); a Backbone's "
+                "prompts are full strings showing the reference (if any) and the image only"
+            )
         backbone = model
         recorder = _RecordingProcessor(backbone.processor)
         visuals = [[r, c] for r, c in zip(refs, candidates)] if refs is not None else [[c] for c in candidates]

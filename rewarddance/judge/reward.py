@@ -6,11 +6,19 @@ Its rewards are read the way :meth:`RewardModel.score` reads them (the rationale
 P("yes") after it) and its rationales are kept in :attr:`RewardModelReward.last_rationales`. ReFL, which
 backpropagates the reward into the generator, refuses it: sampling the rationale token by token has no
 gradient (:attr:`RewardModelReward.differentiable` is False, and a call on images that need gradients raises).
+
+Image-to-video: each prompt's condition image (its metadata's ``condition_image``, what the I2V generator is
+conditioned on) is shown to the model before the clips, as in training (``condition.<ext>`` shard members), in
+every path: GRPO's rewards, ReFL's differentiable rewards and the pairwise model's best-of-N references (chosen
+and cached per prompt and condition image). A model whose export records that it was trained with a condition
+image before every clip refuses prompts without one, and one trained without them refuses prompts with one
+(:meth:`RewardModel.check_conditions`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import zlib
 from collections.abc import Mapping, Sequence
@@ -18,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from rewarddance.errors import UsageError
@@ -82,6 +91,9 @@ class RewardModelReward(Reward):
         self.cache = ReferenceCache(max_prompts=cache_size)
         self.model: Any = None  # rewarddance.judge.reward_model.RewardModel once set up
         self.sampler: CandidateSampler | None = None
+        self.conditions: dict[str, Image.Image] = {}
+        """Image-to-video: the last condition image seen per prompt text (as the generator adapter keeps them), so
+        that :meth:`references` called with a prompt alone finds its references."""
         self.last_rationales: list[str] | None = None
         """Reasons-first models: the rationale behind each reward of the last call (pairwise: one line per
         reference, ``reference <j>: <rationale>``); None for other models."""
@@ -157,25 +169,61 @@ class RewardModelReward(Reward):
             return {}
         return {"references/prompts": float(len(self.cache)), "references/hits": float(self.cache.hits)}
 
+    def condition_images(
+        self, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None
+    ) -> list[Image.Image | None] | None:
+        """Each prompt's condition image, read from its metadata's ``condition_image`` (a data:image URL, a PNG/JPEG
+        path or a PIL image, as the I2V generator reads it), None where it has none; None when no prompt has one.
+
+        Raises:
+            UsageError: A model trained with a condition image before every clip and a prompt without one, or a
+                model trained without them and a prompt with one; a malformed ``condition_image``.
+        """
+        from rewarddance.models.adapters import load_condition_image  # diffusers: imported only when needed
+
+        values = [
+            m.get("condition_image") if isinstance(m, Mapping) else None for m in (metadata or [{}] * len(prompts))
+        ]
+        if len(values) != len(prompts):
+            raise ValueError(f"Got {len(prompts)} prompts but {len(values)} metadata entries")
+        images = [
+            load_condition_image(v, f"reward_model reward: metadata 'condition_image' of prompt {p!r}") if v else None
+            for p, v in zip(prompts, values)
+        ]
+        self._model().check_conditions(
+            images,
+            [f"prompt {p!r}" for p in prompts],
+            how=f"reward_model reward ({self.path}) reads each prompt's metadata 'condition_image' (a data:image URL "
+            "or a PNG/JPEG path; the shapes-i2v:<split> prompt source has them)",
+        )
+        return images if any(i is not None for i in images) else None
+
     def _differentiable(
         self,
         images: Tensor,
         prompts: Sequence[str],
         references: Tensor | None = None,
         tags: Sequence[str | None] | None = None,
+        conditions: Sequence[Image.Image | None] | None = None,
     ) -> Tensor:
         model = self._model()
         if model.reasons_first:
-            return self._generated(images, prompts, references, tags)
+            return self._generated(images, prompts, references, tags, conditions)
         from rewarddance.judge.differentiable import differentiable_rewards
 
         self.last_rationales = None
         return differentiable_rewards(
-            model, list(prompts), images, references, criteria=self.criteria, quantize=self.quantize, tags=tags
-        )
+            model, list(prompts), images, references, criteria=self.criteria, quantize=self.quantize, tags=tags,
+            conditions=conditions,
+        )  # fmt: skip
 
     def _generated(
-        self, images: Tensor, prompts: Sequence[str], references: Tensor | None, tags: Sequence[str | None] | None
+        self,
+        images: Tensor,
+        prompts: Sequence[str],
+        references: Tensor | None,
+        tags: Sequence[str | None] | None,
+        conditions: Sequence[Image.Image | None] | None,
     ) -> Tensor:
         """A reasons-first model's rewards: rationale generated, then P(yes), as ``RewardModel.score`` reads them."""
         if torch.is_grad_enabled() and (images.requires_grad or (references is not None and references.requires_grad)):
@@ -186,32 +234,57 @@ class RewardModelReward(Reward):
                 "(rationale_format: judgment_first) or plain reward model for ReFL."
             )
         model = self._model()
-        refs = to_pil_images(references) if references is not None else None
+        refs = _pil(references) if references is not None else None
         rewards = model.score(
-            list(prompts), to_pil_images(images), refs, criteria=self.criteria, batch_size=len(prompts), tags=tags
-        )
+            list(prompts), _pil(images), refs, criteria=self.criteria, batch_size=len(prompts), tags=tags,
+            conditions=conditions,
+        )  # fmt: skip
         self.last_rationales = list(model.last_rationales or [])
         return rewards.to(images.device)
 
-    def judge(self, prompt: str, first: Tensor, second: Tensor, tag: str | None = None) -> Tensor:
+    def judge(
+        self, prompt: str, first: Tensor, second: Tensor, tag: str | None = None, condition: Image.Image | None = None
+    ) -> Tensor:
         """P(``second`` better than ``first``) for a batch of pairs of one prompt (no gradient)."""
         with torch.no_grad():
             n = second.shape[0]
-            return self._differentiable(second, [prompt] * n, references=first, tags=[tag] * n).float()
+            conditions = [condition] * n if condition is not None else None
+            return self._differentiable(
+                second, [prompt] * n, references=first, tags=[tag] * n, conditions=conditions
+            ).float()
 
     def reference_seed(self, prompt: str) -> int:
         """Seed of a prompt's candidate samples: fixed per prompt, so references do not depend on batch order."""
         return (self.seed * 1_000_003 + zlib.crc32(prompt.encode())) % 2**31
 
-    def references(self, prompt: str, tag: str | None = None) -> ReferenceSelection:
-        """The cached references of ``prompt``, choosing them first on a miss (``best_of_n`` samples, ranked)."""
+    @staticmethod
+    def reference_key(prompt: str, condition: Image.Image | None = None) -> Any:
+        """The reference cache's key: the prompt, with a fingerprint of its condition image's pixels if any."""
+        if condition is None:
+            return prompt
+        digest = hashlib.sha1(f"{condition.mode}{condition.size}".encode() + condition.tobytes()).hexdigest()
+        return (prompt, digest)
+
+    def references(
+        self, prompt: str, tag: str | None = None, condition: Image.Image | None = None
+    ) -> ReferenceSelection:
+        """The cached references of ``prompt``, choosing them first on a miss (``best_of_n`` samples, ranked).
+
+        Image-to-video: ``condition`` is the prompt's condition image (the sampler's generator is conditioned on
+        the same one, registered per prompt); without it, the last one given for ``prompt``. References are
+        cached per prompt and condition image, and judged with the condition shown.
+        """
         if self.sampler is None:
             raise RuntimeError("No starting-model sampler: call setup(sampler)")
+        if condition is not None:
+            self.conditions[prompt] = condition
+        else:
+            condition = self.conditions.get(prompt)
         sampler = self.sampler
         return self.cache.get_or_select(
-            prompt,
+            self.reference_key(prompt, condition),
             lambda: sampler(prompt, self.best_of_n, self.reference_seed(prompt)),
-            functools.partial(self.judge, prompt, tag=tag),
+            functools.partial(self.judge, prompt, tag=tag, condition=condition),
             k=self.top_k,
             which=self.which,
             both_orders=self.both_orders,
@@ -221,15 +294,18 @@ class RewardModelReward(Reward):
 
     def prepare(self, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
         if self.needs_references:
-            for prompt, tag in zip(prompts, _tags(metadata, len(prompts))):
-                self.references(prompt, tag)
+            conditions = self.condition_images(prompts, metadata) or [None] * len(prompts)
+            for prompt, tag, condition in zip(prompts, _tags(metadata, len(prompts)), conditions):
+                self.references(prompt, tag, condition)
 
     def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> Tensor:
         tags = _tags(metadata, len(prompts))
+        conditions = self.condition_images(prompts, metadata)
         if not self.needs_references:
-            return self._differentiable(images, prompts, tags=tags).float()
+            return self._differentiable(images, prompts, tags=tags, conditions=conditions).float()
         k = self.top_k
-        references = torch.cat([self.references(p, t).references for p, t in zip(prompts, tags)])
+        each = conditions or [None] * len(prompts)
+        references = torch.cat([self.references(p, t, c).references for p, t, c in zip(prompts, tags, each)])
         references = references.to(images.device, images.dtype)
         # Each candidate against each of its prompt's k references, in one batch: [B * k].
         rewards = self._differentiable(
@@ -237,6 +313,7 @@ class RewardModelReward(Reward):
             [p for p in prompts for _ in range(k)],
             references=references,
             tags=[t for t in tags for _ in range(k)],
+            conditions=[c for c in conditions for _ in range(k)] if conditions is not None else None,
         )
         if self.last_rationales is not None:
             per_pair = self.last_rationales
@@ -248,6 +325,11 @@ class RewardModelReward(Reward):
     def __repr__(self) -> str:
         order = ", reasons-first: rationale generated before the judgment, no gradient" if self.reasons_first else ""
         return f"RewardModelReward(path={self.path!r}, best_of_n={self.best_of_n}, top_k={self.top_k}{order})"
+
+
+def _pil(images: Tensor) -> list[Any]:
+    """Images ``[B, 3, H, W]`` as PIL images; videos ``[B, T, 3, H, W]`` as lists of PIL frames."""
+    return [to_pil_images(video) for video in images] if images.dim() == 5 else to_pil_images(images)
 
 
 def _tags(metadata: Sequence[Mapping[str, Any]] | None, n: int) -> list[str | None]:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from rewarddance.errors import BadFileError
+from rewarddance.errors import BadFileError, UsageError
 from rewarddance.judge.examples import ExampleRetriever, pool_from_json
 from rewarddance.judge.export import (
     EXAMPLES_DIR,
@@ -111,6 +111,46 @@ class RewardModel:
         return self.kind == "generative" and self.config.get("rationale_format") == "reasons_first"
 
     @property
+    def conditions(self) -> str | None:
+        """How training showed condition images (image-to-video, the first frame the clips must start from, shown
+        before them): ``always`` (every sample had one), ``never`` or ``mixed``; None where the export does not
+        record it (exported before it was recorded, or without a training step): then nothing is checked."""
+        return self.config.get("conditions")
+
+    def check_conditions(
+        self, conditions: Sequence[Any] | None, names: Sequence[str], how: str = "pass conditions= to score"
+    ) -> None:
+        """Refuse condition images the model was not trained with, or their absence where it was.
+
+        Args:
+            conditions: Each item's condition image or None (None: no item has one).
+            names: How to name each item in the error (e.g. its prompt).
+            how: How the caller supplies condition images, for the error.
+
+        Raises:
+            UsageError: A model trained with a condition image before every clip given an item without one, or a
+                model trained without them given one (it would judge an input it never learned to read).
+        """
+        given = list(conditions) if conditions is not None else [None] * len(names)
+        if self.conditions == "always":
+            missing = [name for name, c in zip(names, given) if c is None]
+            if missing:
+                raise UsageError(
+                    f"This reward model was trained with a condition image before every clip (image-to-video; "
+                    f"{EXPORT_CONFIG}: conditions: always), and {missing[0]} has none ({len(missing)} of "
+                    f"{len(names)} lack one): {how}."
+                )
+        elif self.conditions == "never":
+            shown = [name for name, c in zip(names, given) if c is not None]
+            if shown:
+                raise UsageError(
+                    f"This reward model was trained without condition images ({EXPORT_CONFIG}: conditions: never) "
+                    f"and {shown[0]} has one: it would judge an input it never learned to read. Use a reward model "
+                    "trained on samples with a condition.<ext> member (python -m rewarddance data shapes --video "
+                    "true --condition true), or score without condition images."
+                )
+
+    @property
     def paradigm(self) -> str:
         """``pairwise`` (needs references) or ``pointwise``."""
         return self.config["paradigm"]
@@ -156,6 +196,10 @@ class RewardModel:
         missing = [k for k in ("family", "kind", "template", "yes_word", "no_word") if k not in config]
         if missing:
             raise BadFileError(f"{path}: fields {missing} are missing; re-export the model.")
+        if config.get("conditions") not in (None, "always", "never", "mixed"):
+            raise BadFileError(
+                f"{path}: conditions must be always, never, mixed or null, got {config['conditions']!r}."
+            )
         backbone = load_backbone(
             folder, dtype=dtype, yes_word=config["yes_word"], no_word=config["no_word"], **load_kwargs
         )
@@ -219,6 +263,7 @@ class RewardModel:
         for name, given in (("tags", tags), ("keys", keys), ("conditions", conditions)):
             if given is not None and len(given) != len(prompts):
                 raise ValueError(f"Got {len(prompts)} prompts but {len(given)} {name}.")
+        self.check_conditions(conditions, [f"item {i} (prompt {p!r})" for i, p in enumerate(prompts)])
         pairwise = self.kind == "generative" and self.paradigm == "pairwise"
         if pairwise and references is None:
             raise ValueError("A pairwise reward model compares each image with a reference: pass references=.")
@@ -262,6 +307,7 @@ class RewardModel:
         *,
         criteria: str | None = None,
         tag: str | None = None,
+        condition: Any = None,
     ) -> Tensor:
         """Best-of-N: rewards of N candidates for one prompt against one reference.
 
@@ -276,6 +322,9 @@ class RewardModel:
         candidates of different sizes encode to different lengths; a template that shows the
         candidate before the reference shares no reference.
 
+        ``condition`` (image-to-video: the prompt's condition image, a PIL image) is the same for every
+        candidate too; shown before the clips, it belongs to the shared prefix.
+
         Returns:
             ``[N]`` float32 rewards on CPU.
         """
@@ -284,12 +333,16 @@ class RewardModel:
                 f"score_candidates compares with a reference: a {self.paradigm} {self.kind} model has none"
             )
         n = len(candidates)
-        queries = self.queries([prompt] * n, candidates, [reference] * n, criteria, tags=[tag] * n)
+        conditions = [condition] * n if condition is not None else None
+        queries = self.queries(
+            [prompt] * n, candidates, [reference] * n, criteria, tags=[tag] * n, conditions=conditions
+        )
 
         def from_scratch() -> Tensor:
             return self.score(
-                [prompt] * n, candidates, [reference] * n, criteria=criteria, batch_size=n, tags=[tag] * n
-            )
+                [prompt] * n, candidates, [reference] * n, criteria=criteria, batch_size=n, tags=[tag] * n,
+                conditions=conditions,
+            )  # fmt: skip
 
         candidate_last = ordered_visuals(self.template, queries[0])[-1] is queries[0].visuals[1]
         frames = [frames_of(check_visual(q.visuals[1], q.key)) for q in queries]
@@ -349,7 +402,9 @@ class RewardModel:
                 examples by tag.
             keys: Each item's sample key: a model with an example pool never shows an item its own sample.
             conditions: Image-to-video: each item's condition image (a PIL image, the first frame its clip
-                must start from; None for an item without one), shown before the clips.
+                must start from; None for an item without one), shown before the clips. A model that records
+                how it was trained (:attr:`conditions`) refuses items without one if it always saw one, and
+                items with one if it never did.
 
         Returns:
             ``[n]`` float32 rewards on CPU: P(yes) for generative models, the head output for

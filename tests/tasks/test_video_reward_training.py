@@ -22,20 +22,28 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def test_tiny_video_reward_model_learns_a_fixed_batch(tmp_path: Path) -> None:
-    data = tmp_path / "train"
-    main(["data", "shapes", "--out", str(data), "--samples", "2", "--video", "true", "--condition", "true",
-          "--kinds", "[pair]", "--canvas", "32", "--references", "0", "--seed", "0"])  # fmt: skip
-    logs = tmp_path / "logs"
+def shapes_clips(out: Path, *, condition: bool = True, kinds: str = "[pair]") -> Path:
+    """Two tiny shapes video samples (32 px), each with a condition image (``condition.png``) if ``condition``."""
+    main(["data", "shapes", "--out", str(out), "--samples", "2", "--video", "true", "--condition", str(condition).lower(),
+          "--kinds", kinds, "--canvas", "32", "--references", "0", "--seed", "0"])  # fmt: skip
+    return out
+
+
+def fit_video_reward(
+    data: Path, logs: Path, steps: int, *, paradigm: str = "pairwise", export_dir: Path | None = None
+) -> GenerativeRewardTask:
+    """Fit a tiny video reward model (tiny-qwen2-vl, 2 frames per clip) on ``data`` through the real CLI: the whole
+    split in every batch, a CSV log under ``logs``, exported to ``export_dir`` when given."""
     cli = main(
         [
             "fit",
             "--seed_everything=0",
             "--model=GenerativeRewardTask",
-            "--model.init_args.paradigm=pairwise",
+            f"--model.init_args.paradigm={paradigm}",
             "--model.init_args.backbone=tiny-qwen2-vl",
             "--model.init_args.num_frames=2",
-            "--model.init_args.export_dir=null",
+            f"--model.init_args.export={export_dir is not None}".lower(),
+            f"--model.init_args.export_dir={export_dir or 'null'}",
             "--model.init_args.optimizer=torch.optim.AdamW",
             "--model.init_args.optimizer.init_args.lr=3e-4",
             "--data=ShardDataModule",
@@ -43,7 +51,7 @@ def test_tiny_video_reward_model_learns_a_fixed_batch(tmp_path: Path) -> None:
             "--data.init_args.batch_size=2",  # the whole split: every step sees the same batch
             "--data.init_args.num_workers=0",
             "--data.init_args.shuffle=false",
-            f"--trainer.max_steps={STEPS}",
+            f"--trainer.max_steps={steps}",
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
             "--trainer.log_every_n_steps=1",
@@ -56,7 +64,14 @@ def test_tiny_video_reward_model_learns_a_fixed_batch(tmp_path: Path) -> None:
         ]
     )
     task = cli.model
-    assert isinstance(task, GenerativeRewardTask) and task.trainer.global_step == STEPS
+    assert isinstance(task, GenerativeRewardTask) and task.trainer.global_step == steps
+    return task
+
+
+def test_tiny_video_reward_model_learns_a_fixed_batch(tmp_path: Path) -> None:
+    data = shapes_clips(tmp_path / "train")
+    logs = tmp_path / "logs"
+    fit_video_reward(data, logs, STEPS)
     (metrics,) = logs.glob("**/metrics.csv")
     losses = [float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
     assert len(losses) == STEPS

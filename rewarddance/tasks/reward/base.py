@@ -37,6 +37,10 @@ from rewarddance.models.inputs import Visual
 from rewarddance.optimization import configure_optimization
 from rewarddance.tasks.reward.evaluation import RewardEvaluation
 
+CONDITIONS_RECORD = {frozenset({True}): "always", frozenset({False}): "never", frozenset({True, False}): "mixed"}
+"""The export's ``conditions``: every training sample had a condition image, none had, or some had; null (not
+recorded) when the export saw no training step."""
+
 DEFAULT_LR = 3e-4
 """AdamW learning rate when no optimizer is configured, a conservative constant rate for fine-tuning a
 pretrained VLM; the shipped configs set their own (the quickstart: warmup to 1e-3, then cosine decay)."""
@@ -119,6 +123,9 @@ class RewardTask(RewardEvaluation):
         self.results: dict[str, dict[str, float]] = {}
         """Last computed metrics per evaluation set name (``val``, ``test-id``, ...)."""
         self.export_path: Path | None = None
+        self.trained_conditions: set[bool] = set()
+        """Whether training showed samples with (True) and without (False) a condition image (image-to-video):
+        the export records it, so that scoring refuses inputs the model was not trained to see."""
 
     # -- model ---------------------------------------------------------------------------------
 
@@ -303,6 +310,9 @@ class RewardTask(RewardEvaluation):
             self.log(f"train/{name}", float(value), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=size)
         if batch.inputs is None:
             return None  # every sample skipped (counted above)
+        real = int((~batch.pair_padding).sum()) + int((~batch.point_padding).sum())
+        self.trained_conditions.update({True} if batch.conditioned else set())
+        self.trained_conditions.update({False} if batch.conditioned < real else set())
         terms = self.loss_terms(batch)
         weights = self.loss_weights()
         loss = sum(weights.get(name, 1.0) * value for name, value in terms.items())
@@ -328,6 +338,7 @@ class RewardTask(RewardEvaluation):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rewarddance"] = self.checkpoint_record()
+        checkpoint["rewarddance_conditions"] = sorted(self.trained_conditions)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record, mine = checkpoint.get("rewarddance"), self.checkpoint_record()
@@ -339,6 +350,7 @@ class RewardTask(RewardEvaluation):
                     f"This checkpoint was trained with another model configuration ({details}): resume with the "
                     "same model.init_args, or start a new fit."
                 )
+        self.trained_conditions = set(checkpoint.get("rewarddance_conditions", ()))
         state = checkpoint.get("state_dict")
         if state is None:
             return  # a distributed (FSDP2) checkpoint folder: the strategy has loaded the weights, strictly
@@ -373,6 +385,8 @@ class RewardTask(RewardEvaluation):
             "max_length": self.hparams.max_length,
             "num_frames": self.hparams.num_frames,
             "lora": "merged" if self.hparams.lora is not None else None,
+            # How training showed condition images (image-to-video): RewardModel refuses the other case.
+            "conditions": CONDITIONS_RECORD.get(frozenset(self.trained_conditions)),
         }
 
     def export_head(self) -> RewardHead | None:
@@ -407,8 +421,15 @@ class RewardTask(RewardEvaluation):
 
     def on_fit_end(self) -> None:
         exporter: RewardTask | None = self
+        if self.hparams.export:
+            # Every rank's batches count (all ranks take part): whether training showed condition images.
+            flags = torch.tensor([v in self.trained_conditions for v in (True, False)], device=self.device).int()
+            seen = self.all_gather(flags).reshape(-1, 2).amax(0).tolist()
+            self.trained_conditions = {v for v, f in zip((True, False), seen) if f}
         if self.hparams.export and is_sharded(self):
             exporter = unsharded_copy(self)  # FSDP2: every rank takes part in gathering the weights
+            if exporter is not None:
+                exporter.trained_conditions = self.trained_conditions
         if not self.trainer.is_global_zero:
             return
         callback = self.trainer.checkpoint_callback
