@@ -135,6 +135,8 @@ def blocks(examples: int) -> list[Block]:
             [
                 Row("ctx-0", "ctx", "0 examples, task-aware criteria", base, none),
                 Row("ctx-k", "ctx", f"{examples} examples (first k)", Variant(examples=examples), none),
+                Row("ctx-k-tag", "ctx", f"{examples} examples (same tag)", Variant(examples=examples, example_mode="tag"), none),
+                Row("ctx-k-similar", "ctx", f"{examples} examples (nearest prompt)", Variant(examples=examples, example_mode="similar"), none),
                 Row("ctx-generic", "ctx", "generic question (no criteria)", Variant(instructions="generic"), none),
             ],
         ),

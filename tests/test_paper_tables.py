@@ -65,6 +65,9 @@ def test_each_row_changes_only_what_it_compares(tables, tmp_path):
     assert changed("t9-judgment-first") == changed("t9-reasons-first") == {"rationale_format"}
     assert models["t9-reasons-first"]["rationale_format"] == "reasons_first"
     assert changed("ctx-k") == {"examples"} and models["ctx-k"]["examples"] == 3
+    for mode in ("tag", "similar"):  # retrieved per query: the "chosen per query" rows
+        assert changed(f"ctx-k-{mode}") == {"examples", "example_retrieval"}
+        assert models[f"ctx-k-{mode}"]["example_retrieval"] == mode
     assert changed("scale-small") == {"backbone"} and models["scale-small"]["backbone"] == "shapes-vlm-small"
     assert changed("ctx-generic") == {"template"}
     generic = yaml.safe_load(Path(models["ctx-generic"]["template"]).read_text())
