@@ -55,6 +55,7 @@ from rewarddance.models.adapters import DenoisingContext
 from rewarddance.models.generators import Generator
 from rewarddance.rl.diagnostics import sample_diversity
 from rewarddance.rl.grpo import (
+    GRPOLoss,
     Trajectory,
     group_advantages,
     grpo_log_values,
@@ -331,7 +332,6 @@ class GeneratorRLTask(GeneratorSampling):
         """One GRPO update on fresh (or reused) rollouts of the batch's prompts: backpropagates each trained step's
         loss / steps right away (one step's graph alive at a time; the gradient of the mean) and returns the mean."""
         self.components()
-        assert self.adapter is not None
         settings = self.grpo_settings
         fresh = self._rollout is None or self._rollout.uses >= settings.rollout_reuse
         if fresh:
@@ -339,31 +339,10 @@ class GeneratorRLTask(GeneratorSampling):
         rollout = self._rollout
         assert rollout is not None
         rollout.uses += 1
-        trajectory, context = rollout.trajectory, rollout.context
-        stochastic = torch.nonzero(trajectory.stochastic).flatten()
-        if settings.train_steps is not None and settings.train_steps < len(stochastic):
-            pick = torch.randperm(len(stochastic), generator=self.step_rng("grpo-steps"))[: settings.train_steps]
-            stochastic = stochastic[pick.sort().values]
         results = []
-        steps = stochastic.tolist()
+        steps = self.trained_steps(rollout)
         for i, step in enumerate(steps):
-            kl = None
-            if settings.kl_coef > 0:
-                # Before the gradient pass: disabling LoRA toggles requires_grad on the adapter weights.
-                with torch.no_grad(), self.starting_policy():
-                    reference_mean = recompute_step(self.adapter, context, trajectory, step).mean
-            current = recompute_step(self.adapter, context, trajectory, step)
-            if settings.kl_coef > 0:
-                kl = transition_kl(current.mean, reference_mean, current.std, trajectory.reduce)
-            result = grpo_loss(
-                current.log_prob,
-                trajectory.log_probs[:, step],
-                rollout.advantages,
-                clip_range=settings.clip_range,
-                adv_clip_max=settings.adv_clip_max,
-                kl=kl,
-                kl_coef=settings.kl_coef,
-            )
+            result = self.step_loss(rollout, step)
             if i == 0 and fresh:
                 self._check_first_ratio(result.ratio, settings.clip_range)
             self.backward_part(result.loss / len(steps), last=i == len(steps) - 1)  # frees this step's graph
@@ -372,6 +351,32 @@ class GeneratorRLTask(GeneratorSampling):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
         self.log_dict(grpo_log_values(results), batch_size=len(prompts))
         return loss
+
+    def trained_steps(self, rollout: _Rollout) -> list[int]:
+        """The denoising steps an update trains: the rollout's stochastic ones, ``grpo.train_steps`` of them drawn."""
+        stochastic = torch.nonzero(rollout.trajectory.stochastic).flatten()
+        limit = self.grpo_settings.train_steps
+        if limit is not None and limit < len(stochastic):
+            pick = torch.randperm(len(stochastic), generator=self.step_rng("grpo-steps"))[:limit]
+            stochastic = stochastic[pick.sort().values]
+        return stochastic.tolist()
+
+    def step_loss(self, rollout: _Rollout, step: int) -> GRPOLoss:
+        """GRPO's loss at one denoising step of the rollout (with the graph of that step's recompute)."""
+        assert self.adapter is not None
+        settings, trajectory, context = self.grpo_settings, rollout.trajectory, rollout.context
+        kl = None
+        if settings.kl_coef > 0:
+            # Before the gradient pass: disabling LoRA toggles requires_grad on the adapter weights.
+            with torch.no_grad(), self.starting_policy():
+                reference_mean = recompute_step(self.adapter, context, trajectory, step).mean
+        current = recompute_step(self.adapter, context, trajectory, step)
+        if settings.kl_coef > 0:
+            kl = transition_kl(current.mean, reference_mean, current.std, trajectory.reduce)
+        return grpo_loss(
+            current.log_prob, trajectory.log_probs[:, step], rollout.advantages, clip_range=settings.clip_range,
+            adv_clip_max=settings.adv_clip_max, kl=kl, kl_coef=settings.kl_coef,
+        )  # fmt: skip
 
     def _sample_rollouts(self, prompts: list[str], metadata: list[dict[str, Any]]) -> _Rollout:
         assert self.adapter is not None and self.reward is not None

@@ -15,7 +15,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rewarddance.errors import UsageError
 from rewarddance.planning.measure import LiveTensorBytes
-from rewarddance.rl.grpo import grpo_loss, recompute_step, transition_kl
 from rewarddance.rl.settings import GeneratorLora, GRPOSettings
 from rewarddance.tasks import GeneratorRLTask
 from tests.tasks.test_generator_rl import FAST, _data, prompts_jsonl  # noqa: F401 (a fixture)
@@ -28,29 +27,8 @@ class StackedGRPO(GeneratorRLTask):
     """The update as it was before manual optimization: every trained step's graph kept, one backward of the mean."""
 
     def grpo_step(self, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
-        settings = self.grpo_settings
-        self._rollout = self._sample_rollouts(prompts, metadata)
-        rollout = self._rollout
-        trajectory, context = rollout.trajectory, rollout.context
-        stochastic = torch.nonzero(trajectory.stochastic).flatten()
-        pick = torch.randperm(len(stochastic), generator=self.step_rng("grpo-steps"))[: settings.train_steps]
-        losses = []
-        for step in stochastic[pick.sort().values].tolist():
-            with torch.no_grad(), self.starting_policy():
-                reference_mean = recompute_step(self.adapter, context, trajectory, step).mean
-            current = recompute_step(self.adapter, context, trajectory, step)
-            kl = transition_kl(current.mean, reference_mean, current.std, trajectory.reduce)
-            result = grpo_loss(
-                current.log_prob,
-                trajectory.log_probs[:, step],
-                rollout.advantages,
-                clip_range=settings.clip_range,
-                adv_clip_max=settings.adv_clip_max,
-                kl=kl,
-                kl_coef=settings.kl_coef,
-            )
-            losses.append(result.loss)
-        loss = torch.stack(losses).mean()
+        self._rollout = rollout = self._sample_rollouts(prompts, metadata)
+        loss = torch.stack([self.step_loss(rollout, step).loss for step in self.trained_steps(rollout)]).mean()
         self.log("train/loss", loss.detach(), batch_size=len(prompts))
         self.manual_backward(loss)
         return loss.detach()
