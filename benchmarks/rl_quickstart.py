@@ -40,8 +40,10 @@ HELDOUT = "shapes:test-id"
 HELDOUT_SEED = 12345  # prompt i of the held-out set is sampled with seed HELDOUT_SEED + i, before and after
 
 
-def fit(config: str, steps: int, root: Path, extra: list[str]) -> tuple[Path, float, float]:
+def fit(config: str, steps: int, root: Path, extra: list[str], at: list[int] = ()) -> tuple[Path, float, float]:
     """Run the fit; returns the exported generator, the wall time and the CPU time (user + system) of the run.
+
+    ``at``: earlier steps to keep a checkpoint of (``root/at/step=N.ckpt``), judged by :func:`judge_checkpoint`.
 
     A folder that already holds a finished fit of the same command (``fit.json`` beside its export, written by
     ``--fit-only``) is reused, so that several fits can run first and be judged afterwards.
@@ -50,7 +52,7 @@ def fit(config: str, steps: int, root: Path, extra: list[str]) -> tuple[Path, fl
     exports = sorted(root.rglob("export/model_index.json"))
     if record.exists() and exports:
         done = json.loads(record.read_text())
-        if done["config"] == config and done["steps"] == steps and done["extra"] == extra:
+        if done["config"] == config and done["steps"] == steps and done["extra"] == extra and done.get("at", []) == at:
             return exports[-1].parent, done["wall_s"], done["cpu_s"]
         sys.exit(f"{record}: a fit of other settings ({done}); choose another --keep folder")
     cmd = [
@@ -58,6 +60,13 @@ def fit(config: str, steps: int, root: Path, extra: list[str]) -> tuple[Path, fl
         "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
         "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false", *extra,
     ]  # fmt: skip
+    if at:  # one more ModelCheckpoint that keeps every save (the config's keeps only its latest)
+        every = math.gcd(*at)
+        keep = {"every_n_train_steps": every, "save_top_k": -1, "dirpath": str(root / "at"), "filename": "{step}"}
+        cmd.append(
+            "--trainer.callbacks+="
+            + json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": keep})
+        )
     started = time.perf_counter()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -70,8 +79,25 @@ def fit(config: str, steps: int, root: Path, extra: list[str]) -> tuple[Path, fl
     exports = sorted(root.rglob("export/model_index.json"))
     if not exports:
         sys.exit(f"no exported generator under {root}")
-    record.write_text(json.dumps({"config": config, "steps": steps, "extra": extra, "wall_s": wall, "cpu_s": cpu}))
+    record.write_text(
+        json.dumps({"config": config, "steps": steps, "extra": extra, "at": at, "wall_s": wall, "cpu_s": cpu})
+    )
     return exports[-1].parent, wall, cpu
+
+
+def judge_checkpoint(root: Path, step: int) -> Path:
+    """Export the run's checkpoint of ``step`` (kept by ``fit(at=...)``) as a diffusers folder, as a user would."""
+    out = root / "at" / f"step={step}"
+    if (out / "model_index.json").exists():
+        return out
+    ckpt = root / "at" / f"step={step}.ckpt"
+    if not ckpt.exists():
+        sys.exit(f"{ckpt}: no checkpoint of step {step} (was the fit run with --at {step}?)")
+    cmd = [sys.executable, "-m", "rewarddance", "export", "--checkpoint", str(ckpt), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"export of {ckpt} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return out
 
 
 def images_per_prompt(tag_counts: dict[str, int], samples: int, tag_images: int) -> dict[str, int]:
@@ -247,6 +273,10 @@ def main() -> None:
     parser.add_argument(
         "--fit-only", action="store_true", help="only fit into --keep; a later call with that --keep judges it"
     )
+    parser.add_argument(
+        "--at", type=int, nargs="+", default=[], metavar="STEP",
+        help="also judge the run at these earlier steps (checkpoints kept and exported): is it lower later?",
+    )  # fmt: skip
     parser.add_argument("extra", nargs="*", help="further fit arguments (after --)")
     args = parser.parse_args()
     import torch
@@ -262,7 +292,7 @@ def main() -> None:
     if args.fit_only:
         if args.keep is None:
             parser.error("--fit-only needs --keep (the folder the later judging call reads)")
-        _, wall, cpu = fit(args.config, steps, args.keep.resolve(), args.extra)
+        _, wall, cpu = fit(args.config, steps, args.keep.resolve(), args.extra, args.at)
         print(f"{args.config} {' '.join(args.extra)}: {steps} steps, wall {wall:.0f} s, CPU {cpu:.0f} s")
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,8 +300,11 @@ def main() -> None:
         # fails fast, not after RL
         heldout = (args.per_tag, args.samples, args.tag_images)
         before = cached_baseline(args.baseline, settings["generator"], settings, *heldout)
-        tuned, wall, cpu = fit(args.config, steps, root, args.extra)
+        tuned, wall, cpu = fit(args.config, steps, root, args.extra, args.at)
         after = heldout_scores(str(tuned), settings, *heldout)
+        earlier = {
+            n: paired_gain(before, heldout_scores(str(judge_checkpoint(root, n)), settings, *heldout)) for n in args.at
+        }
         metrics = run_metrics(root)
     start, end, gain = level(before), level(after), paired_gain(before, after)
     counts = ", ".join(f"{tag} {n}x{gain['images'][tag] // n}" for tag, n in gain["prompts"].items())
@@ -299,11 +332,15 @@ def main() -> None:
         print(f"reward std (sliding window): {std[0]:.4f} -> {std[-1]:.4f}")
     if flags:
         print(f"reward-hacking flag raised at {int(sum(flags))} of {len(flags)} evaluations")
+    for n, g in {**earlier, steps: gain}.items():  # the held-out gain along the run, same prompts and seeds
+        low, high = g["ci"]
+        print(f"held-out gain at step {n}: {g['gain']:+.3f} (SE {g['se']:.3f}) [{low:+.3f}, {high:+.3f}]")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "config": args.config, "extra": args.extra, "steps": steps, "wall_s": wall, "cpu_s": cpu,
             "start": start, "tuned": end, "gain": gain, "val_curve": curve, "after": after,
+            "gain_at": {str(n): g for n, g in earlier.items()},
         }  # fmt: skip
         args.out.write_text(json.dumps(record, indent=1))
     print(f"target: overall oracle gain >= 0.10: {gain['gain']:+.3f} ({'met' if gain['gain'] >= 0.10 else 'missed'})")
