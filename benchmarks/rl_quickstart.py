@@ -63,6 +63,9 @@ def fit(config: str, steps: int, root: Path, extra: list[str], at: list[int] = (
     if at:  # one more ModelCheckpoint that keeps every save (the config's keeps only its latest)
         every = math.gcd(*at)
         keep = {"every_n_train_steps": every, "save_top_k": -1, "dirpath": str(root / "at"), "filename": "{step}"}
+        # mode is unused without a monitor; "max" only makes the callback's state key differ from a config's
+        # ModelCheckpoint of the same interval (Lightning refuses two with one key)
+        keep["mode"] = "max"
         cmd.append(
             "--trainer.callbacks+="
             + json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": keep})

@@ -157,11 +157,17 @@ class GeneratorPretrainTask(L.LightningModule):
         self.vae, self.unet, self.text_encoder = pipe.vae, pipe.unet, pipe.text_encoder
         self.ema_unet = copy.deepcopy(pipe.unet).requires_grad_(False)
         self.ema_text_encoder = copy.deepcopy(pipe.text_encoder).requires_grad_(False)
+        # load_generator returns eval mode, and Lightning warns about every module it finds in eval mode at the
+        # start of fit (650 here): training mode for all; ema_generator() samples the EMA copies in eval mode.
+        for module in (self.vae, self.unet, self.text_encoder, self.ema_unet, self.ema_text_encoder):
+            module.train()
 
     def ema_generator(self) -> Generator:
         """The pipeline with the EMA weights (what is evaluated and exported); shares the VAE and scheduler."""
         assert self.generator is not None
         pipe = self.generator.pipeline
+        self.ema_unet.eval()
+        self.ema_text_encoder.eval()
         components = {**pipe.components, "unet": self.ema_unet, "text_encoder": self.ema_text_encoder}
         return Generator(type(pipe)(**components), "sd15", "unet", "t2i", "shapes-t2i (EMA)")
 
