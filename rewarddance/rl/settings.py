@@ -1,6 +1,6 @@
 """Settings of RL fine-tuning, as :class:`~rewarddance.tasks.GeneratorRLTask` takes them from a config.
 
-``refl:`` (:class:`ReFLSettings`), ``grpo:`` (:class:`GRPOSettings`) and ``lora:`` (:class:`GeneratorLora`) are
+``refl:`` (:class:`ReFLSettings`), ``grpo:`` (:class:`GRPOSettings`), ``nft:`` (:class:`NFTSettings`) and ``lora:`` (:class:`GeneratorLora`) are
 dataclasses so that LightningCLI documents and type-checks every field; the task stores them as plain dicts in its
 hyperparameters and rebuilds them with :func:`as_settings`.
 """
@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from rewarddance.errors import UsageError
 from rewarddance.models.lora import LoraSettings
 
-__all__ = ["DENOISER_LORA_TARGETS", "GRPOSettings", "GeneratorLora", "ReFLSettings", "as_settings"]
+__all__ = ["DENOISER_LORA_TARGETS", "GRPOSettings", "GeneratorLora", "NFTSettings", "ReFLSettings", "as_settings"]
 
 T = TypeVar("T")
 
@@ -130,6 +131,44 @@ class GRPOSettings:
             raise ValueError(f"GRPO compares samples within a group: group_size must be >= 2, got {self.group_size}")
         if self.rollout_reuse < 1:
             raise ValueError(f"rollout_reuse must be >= 1, got {self.rollout_reuse}")
+
+
+@dataclass
+class NFTSettings:
+    """DiffusionNFT (Zheng et al. 2025): online RL on the forward process (:mod:`rewarddance.rl.nft`).
+
+    Attributes:
+        group_size: Samples per prompt; advantages are normalised within each prompt's group.
+        beta: Strength of the implicit positive / negative policies (> 0; the paper's default 1, 0.1 for some
+            rewards). The update's gradient is the denoising loss's scaled by ``beta * (2r - 1)``.
+        adv_clip_max: The optimality probability is ``0.5 + 0.5 * clip(A / adv_clip_max, -1, 1)`` (> 0; the
+            official configs: 5).
+        global_std: Normalise advantages by the std of the whole batch instead of each group's (the official
+            configs do).
+        chunk_size: Most samples per denoiser call of the training pass; each chunk's loss is backpropagated as
+            soon as it is computed (one chunk's graph alive at a time). Samples are grouped by their drawn step
+            anyway (one step per call); null: no further split.
+    """
+
+    group_size: int = 4
+    beta: float = 1.0
+    adv_clip_max: float = 5.0
+    global_std: bool = False
+    chunk_size: int | None = None
+
+    def check(self) -> None:
+        """Refuse settings the algorithm cannot run with (UsageError naming the option)."""
+        where = "model.init_args.nft"
+        if self.group_size < 2:
+            raise UsageError(
+                f"{where}.group_size: DiffusionNFT compares samples within a group: it must be >= 2, got {self.group_size}"
+            )
+        if not self.beta > 0:
+            raise UsageError(f"{where}.beta must be > 0 (the implicit policies' strength), got {self.beta}")
+        if not self.adv_clip_max > 0:
+            raise UsageError(f"{where}.adv_clip_max must be > 0, got {self.adv_clip_max}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise UsageError(f"{where}.chunk_size must be >= 1 or null, got {self.chunk_size}")
 
 
 def as_settings(value: Any, cls: type[T]) -> T | None:

@@ -1,4 +1,5 @@
-"""RL fine-tuning of a diffusers generator against a frozen reward: ReFL or Flow-GRPO, as one LightningModule.
+"""RL fine-tuning of a diffusers generator against a frozen reward: ReFL, Flow-GRPO or DiffusionNFT, as one
+LightningModule.
 
 :class:`GeneratorRLTask` loads a generator by name (``tiny-sd3``, ``sd3``, a ``save_pretrained`` folder...; see
 :mod:`rewarddance.models.generators`) and a reward (:mod:`rewarddance.rl.rewards`: an exported rewarddance reward
@@ -12,6 +13,11 @@ model, pairwise with best-of-N references or pointwise, or any differentiable ca
 - ``algorithm: grpo`` (Flow-GRPO for flow-matching generators, DDIM's SDE for UNets): SDE rollouts with per-step
   log-probs, group-normalised advantages over ``group_size`` samples per prompt, the clipped policy loss on
   ``train_steps`` of the steps, optionally a KL to the starting model (:mod:`rewarddance.rl.grpo`).
+- ``algorithm: nft`` (DiffusionNFT): ``group_size`` ordinary samples per prompt, their rewards mapped to optimality
+  probabilities, and the denoising loss of implicit positive / negative policies on the samples' own clean latents
+  noised again by the forward process; no log-probs, any sampler, trained without guidance (:mod:`rewarddance.rl.nft`).
+
+GRPO's and DiffusionNFT's updates live in :mod:`rewarddance.tasks.generator_online`.
 
 Guard rails: a non-finite reward, loss or gradient stops the run *before* the update, saves the still-good weights
 to ``last-good.ckpt`` and raises :class:`~rewarddance.callbacks.NonFiniteError` (the shared
@@ -20,6 +26,7 @@ is the task's ``max_grad_norm``; samples whose pixels stop varying raise a :clas
 
 Memory: GRPO backpropagates each trained step's loss (divided by the number of steps) as soon as it is computed
 (manual optimization), so one step's activations are alive at a time, as in DDPO; the update is the mean loss's.
+DiffusionNFT does the same per chunk of samples.
 
 Diagnostics: the reward std in a sliding window of iterations (:class:`rewarddance.metrics.RewardVariance`, the
 paper's measure); every ``eval_every`` steps (and before the first) a fixed prompt set (the DataModule's ``val``)
@@ -34,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,23 +57,12 @@ from rewarddance.callbacks.rl_evaluation import RLEvaluation
 from rewarddance.data.prompts import PromptItem
 from rewarddance.errors import UsageError
 from rewarddance.metrics import RewardVariance
-from rewarddance.models.adapters import DenoisingContext
 from rewarddance.models.generators import Generator
-from rewarddance.rl.diagnostics import sample_diversity
-from rewarddance.rl.grpo import (
-    GRPOLoss,
-    Trajectory,
-    group_advantages,
-    grpo_log_values,
-    grpo_loss,
-    recompute_step,
-    sample_trajectory,
-    transition_kl,
-)
 from rewarddance.rl.refl import anchor_loss, refl_loss, refl_predict_x0, refl_step_latents, sample_refl_step
 from rewarddance.rl.rewards import RewardSpec, build_reward
-from rewarddance.rl.settings import GeneratorLora, GRPOSettings, ReFLSettings, as_settings
-from rewarddance.tasks.generator_sampling import GeneratorSampling, SampleCollapseWarning
+from rewarddance.rl.settings import GeneratorLora, GRPOSettings, NFTSettings, ReFLSettings, as_settings
+from rewarddance.tasks.generator_online import GroupUpdates
+from rewarddance.tasks.generator_sampling import SampleCollapseWarning
 
 __all__ = ["GeneratorRLTask", "SampleCollapseWarning"]
 
@@ -78,21 +73,11 @@ VP_SDE_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler")
 """UNet schedulers GRPO can sample DDIM's SDE with (their latents are VP: no sigma scaling)."""
 
 
-@dataclass
-class _Rollout:
-    """GRPO rollouts kept for ``rollout_reuse`` updates."""
-
-    context: DenoisingContext
-    trajectory: Trajectory
-    advantages: Tensor
-    uses: int = 0
-
-
 # -------------------------------------------------------------------------------------------------- the task
 
 
-class GeneratorRLTask(GeneratorSampling):
-    """Fine-tune a diffusers generator against a frozen reward with ReFL or Flow-GRPO.
+class GeneratorRLTask(GroupUpdates):
+    """Fine-tune a diffusers generator against a frozen reward with ReFL, Flow-GRPO or DiffusionNFT.
 
     Batches are lists of ``{"prompt", "metadata"}`` (:class:`~rewarddance.data.prompts.PromptDataModule`). The
     generator and the reward are built in :meth:`configure_model`; only the denoiser is a submodule (trained,
@@ -105,10 +90,12 @@ class GeneratorRLTask(GeneratorSampling):
         reward: What to maximise: a registered name (``shapes-color``, a toy), ``{kind: reward_model, path: <export
             folder>, best_of_n: 16, top_k: 2, ...}`` (see ``rewarddance.judge.reward.RewardModelReward``), an import
             path of a reward class or function, or (from Python) any callable ``fn(images, prompts, metadata)``.
-        algorithm: ``refl`` (one gradient step at a late step, reward backpropagated) or ``grpo`` (Flow-GRPO, or
-            DDIM-SDE GRPO for UNets with a DDIM/DDPM scheduler).
+        algorithm: ``refl`` (one gradient step at a late step, reward backpropagated), ``grpo`` (Flow-GRPO, or
+            DDIM-SDE GRPO for UNets with a DDIM/DDPM scheduler) or ``nft`` (DiffusionNFT: forward process, any
+            sampler, trained without guidance).
         refl: ReFL settings (step window, hinge, scale).
         grpo: GRPO settings (group size, SDE noise, clip range, KL, steps trained).
+        nft: DiffusionNFT settings (group size, beta, advantage scale, chunk size).
         lora: LoRA on the denoiser; null fine-tunes it fully.
         gradient_checkpointing: Recompute the denoiser's activations in the backward pass.
         frozen_dtype: Cast the frozen VAE and text encoders (and the starting-model copy) to this dtype, e.g.
@@ -144,9 +131,10 @@ class GeneratorRLTask(GeneratorSampling):
         generator: str = "tiny-sd3",
         generator_kwargs: dict[str, Any] | None = None,
         reward: RewardSpec | dict[str, Any] = "shapes-color",
-        algorithm: Literal["refl", "grpo"] = "refl",
+        algorithm: Literal["refl", "grpo", "nft"] = "refl",
         refl: ReFLSettings | None = None,
         grpo: GRPOSettings | None = None,
+        nft: NFTSettings | None = None,
         lora: GeneratorLora | None = None,
         gradient_checkpointing: bool = False,
         frozen_dtype: str | None = None,
@@ -171,12 +159,12 @@ class GeneratorRLTask(GeneratorSampling):
         export: bool = True,
     ) -> None:
         super().__init__()  # GeneratorSampling: the generator, its adapter and the reward, loaded in configure_model
-        if algorithm not in ("refl", "grpo"):
-            raise ValueError(f"algorithm must be 'refl' or 'grpo', got {algorithm!r}")
+        if algorithm not in ("refl", "grpo", "nft"):
+            raise ValueError(f"algorithm must be 'refl', 'grpo' or 'nft', got {algorithm!r}")
         # Cheap on purpose: LightningCLI builds the module to print configs; networks load in configure_model().
         ignore = ["optimizer", "lr_scheduler"] + ([] if isinstance(reward, (str, Mapping)) else ["reward"])
         self.save_hyperparameters(ignore=ignore)
-        for name in ("refl", "grpo", "lora"):
+        for name in ("refl", "grpo", "nft", "lora"):
             value = self.hparams.get(name)
             if dataclasses.is_dataclass(value):
                 # Plain data in checkpoints: they then load with torch.load(weights_only=True).
@@ -198,7 +186,7 @@ class GeneratorRLTask(GeneratorSampling):
         self.first_ratio: Tensor | None = None
         """GRPO: the importance ratios of the latest fresh rollout's first recompute (exactly 1 when consistent)."""
         self.plot_path: Path | None = None
-        self._rollout: _Rollout | None = None
+        self._rollout = None
 
     # -- settings ----------------------------------------------------------------------------------------------
 
@@ -207,19 +195,16 @@ class GeneratorRLTask(GeneratorSampling):
         """ReFL settings (defaults when none were given)."""
         return as_settings(self.hparams.refl, ReFLSettings) or ReFLSettings()
 
-    @property
-    def grpo_settings(self) -> GRPOSettings:
-        """GRPO settings (defaults when none were given)."""
-        return as_settings(self.hparams.grpo, GRPOSettings) or GRPOSettings()
-
     def _validate(self) -> None:
         steps = self.hparams.num_inference_steps
         if steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         if self.hparams.algorithm == "refl":
             self.refl_settings.check(steps)
-        else:
+        elif self.hparams.algorithm == "grpo":
             self.grpo_settings.check()
+        else:
+            self.nft_settings.check()
         if self.hparams.eval_samples_per_prompt < 1 or self.hparams.eval_batch_size < 1:
             raise ValueError("eval_samples_per_prompt and eval_batch_size must be >= 1")
         if (self.hparams.max_grad_norm or 0) < 0:
@@ -247,7 +232,7 @@ class GeneratorRLTask(GeneratorSampling):
         if self.hparams.algorithm == "refl" and not reward.differentiable:
             raise UsageError(
                 f"model.init_args.algorithm: refl backpropagates the reward into the generator, and {reward!r} is not "
-                "differentiable (model.init_args.reward): use algorithm: grpo."
+                "differentiable (model.init_args.reward): use algorithm: grpo (or nft)."
             )
         if self.hparams.algorithm == "refl" and self.refl_settings.anchor_weight > 0 and not reward.needs_references:
             raise UsageError(
@@ -282,8 +267,10 @@ class GeneratorRLTask(GeneratorSampling):
         if self.hparams.algorithm == "refl":
             loss = self.refl_step(prompts, metadata)
             self.backward_part(loss)
-        else:
+        elif self.hparams.algorithm == "grpo":
             loss = self.grpo_step(prompts, metadata)
+        else:
+            loss = self.nft_step(prompts, metadata)
         optimizer.step()  # counts global_step, as the automatic loop's step does
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -327,95 +314,6 @@ class GeneratorRLTask(GeneratorSampling):
         first, last = self.refl_settings.anchor_steps or (0, context.num_steps - 1)
         step = int(torch.randint(first, last + 1, (), generator=rng))
         return anchor_loss(self.adapter, context, x0, step, rng)
-
-    def grpo_step(self, prompts: list[str], metadata: list[dict[str, Any]]) -> Tensor:
-        """One GRPO update on fresh (or reused) rollouts of the batch's prompts: backpropagates each trained step's
-        loss / steps right away (one step's graph alive at a time; the gradient of the mean) and returns the mean."""
-        self.components()
-        settings = self.grpo_settings
-        fresh = self._rollout is None or self._rollout.uses >= settings.rollout_reuse
-        if fresh:
-            self._rollout = self._sample_rollouts(prompts, metadata)
-        rollout = self._rollout
-        assert rollout is not None
-        rollout.uses += 1
-        results = []
-        steps = self.trained_steps(rollout)
-        for i, step in enumerate(steps):
-            result = self.step_loss(rollout, step)
-            if i == 0 and fresh:
-                self._check_first_ratio(result.ratio, settings.clip_range)
-            self.backward_part(result.loss / len(steps), last=i == len(steps) - 1)  # frees this step's graph
-            results.append(result.detached())
-        loss = torch.stack([r.loss for r in results]).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
-        self.log_dict(grpo_log_values(results), batch_size=len(prompts))
-        return loss
-
-    def trained_steps(self, rollout: _Rollout) -> list[int]:
-        """The denoising steps an update trains: the rollout's stochastic ones, ``grpo.train_steps`` of them drawn."""
-        stochastic = torch.nonzero(rollout.trajectory.stochastic).flatten()
-        limit = self.grpo_settings.train_steps
-        if limit is not None and limit < len(stochastic):
-            pick = torch.randperm(len(stochastic), generator=self.step_rng("grpo-steps"))[:limit]
-            stochastic = stochastic[pick.sort().values]
-        return stochastic.tolist()
-
-    def step_loss(self, rollout: _Rollout, step: int) -> GRPOLoss:
-        """GRPO's loss at one denoising step of the rollout (with the graph of that step's recompute)."""
-        assert self.adapter is not None
-        settings, trajectory, context = self.grpo_settings, rollout.trajectory, rollout.context
-        kl = None
-        if settings.kl_coef > 0:
-            # Before the gradient pass: disabling LoRA toggles requires_grad on the adapter weights.
-            with torch.no_grad(), self.starting_policy():
-                reference_mean = recompute_step(self.adapter, context, trajectory, step).mean
-        current = recompute_step(self.adapter, context, trajectory, step)
-        if settings.kl_coef > 0:
-            kl = transition_kl(current.mean, reference_mean, current.std, trajectory.reduce)
-        return grpo_loss(
-            current.log_prob, trajectory.log_probs[:, step], rollout.advantages, clip_range=settings.clip_range,
-            adv_clip_max=settings.adv_clip_max, kl=kl, kl_coef=settings.kl_coef,
-        )  # fmt: skip
-
-    def _sample_rollouts(self, prompts: list[str], metadata: list[dict[str, Any]]) -> _Rollout:
-        assert self.adapter is not None and self.reward is not None
-        settings = self.grpo_settings
-        group = settings.group_size
-        rng = self.step_rng("grpo")
-        with torch.no_grad():
-            self.reward.prepare(prompts, metadata)
-            context = self.adapter.prepare(prompts, **self.sampling_kwargs()).repeat_interleave(group)
-            latents = self.adapter.initial_latents(context, rng)
-            trajectory = sample_trajectory(
-                self.adapter,
-                context,
-                latents,
-                noise_level=settings.noise_level,
-                sde_steps=settings.sde_steps,
-                generator=rng,
-            )
-            images = self.adapter.decode(trajectory.final, context)
-            rewards = self.reward(
-                images, [p for p in prompts for _ in range(group)], [m for m in metadata for _ in range(group)]
-            )
-        check_finite(self, "reward", rewards)
-        self._record_rewards(rewards, images, len(prompts))
-        diversity = sample_diversity(images.view(len(prompts), group, *images.shape[1:]))
-        self.log("train/diversity", diversity.nanmean(), batch_size=len(prompts))
-        advantages = group_advantages(rewards, group, global_std=settings.global_std)
-        return _Rollout(context, trajectory, advantages)
-
-    def _check_first_ratio(self, ratio: Tensor, clip_range: float) -> None:
-        self.first_ratio = ratio.detach().clone()
-        error = float((ratio.detach() - 1).abs().max())
-        self.log("train/first_ratio_error", error, batch_size=ratio.numel())
-        if error > clip_range:
-            rank_zero_warn(
-                f"GRPO: the first recompute of fresh rollouts gives ratios up to {error:.2e} away from 1 (> clip_range "
-                f"{clip_range}): sampling and training log-probs disagree (non-deterministic kernels, mixed precision, "
-                "dropout, or a different batch layout), so the clip acts on on-policy samples."
-            )
 
     # -- guard rails and logging -------------------------------------------------------------------------------
 

@@ -1,0 +1,217 @@
+"""The RL task's updates on groups of fresh samples per prompt: GRPO and DiffusionNFT (a base of
+:class:`~rewarddance.tasks.generator_rl.GeneratorRLTask`; the math is in :mod:`rewarddance.rl.grpo` and
+:mod:`rewarddance.rl.nft`).
+
+Both sample ``group_size`` images per prompt without gradient, score them with the task's reward
+(:meth:`GroupUpdates.score_groups`: the reward, its guard rail, its logs and the diversity per prompt) and
+normalise the rewards within each prompt's group. They differ in what they train on: GRPO on the SDE
+trajectory's per-step log-probs, DiffusionNFT on the clean latents alone (noised again by the forward process).
+Both backpropagate part by part (a trained step, a chunk of samples) as soon as the part's loss is computed, so one
+part's activations are alive at a time (:meth:`~rewarddance.tasks.generator_sampling.GeneratorSampling.backward_part`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from rewarddance.callbacks import check_finite
+from rewarddance.models.adapters import DenoisingContext
+from rewarddance.rl.diagnostics import sample_diversity
+from rewarddance.rl.grpo import (
+    GRPOLoss,
+    Trajectory,
+    group_advantages,
+    grpo_log_values,
+    grpo_loss,
+    recompute_step,
+    sample_trajectory,
+    transition_kl,
+)
+from rewarddance.rl.nft import nft_chunks, nft_loss, optimality_probability
+from rewarddance.rl.settings import GRPOSettings, NFTSettings, as_settings
+from rewarddance.tasks.generator_sampling import GeneratorSampling
+
+__all__ = ["GroupUpdates"]
+
+
+@dataclass
+class _Rollout:
+    """GRPO rollouts kept for ``rollout_reuse`` updates."""
+
+    context: DenoisingContext
+    trajectory: Trajectory
+    advantages: Tensor
+    uses: int = 0
+
+
+class GroupUpdates(GeneratorSampling):
+    """GRPO's and DiffusionNFT's updates; the subclass declares the ``grpo`` / ``nft`` hyperparameters, sets
+    ``first_ratio`` and ``_rollout`` to None, and records rewards (:meth:`_record_rewards`)."""
+
+    first_ratio: Tensor | None
+    _rollout: _Rollout | None
+
+    @property
+    def grpo_settings(self) -> GRPOSettings:
+        """GRPO settings (defaults when none were given)."""
+        return as_settings(self.hparams.grpo, GRPOSettings) or GRPOSettings()
+
+    @property
+    def nft_settings(self) -> NFTSettings:
+        """DiffusionNFT settings (defaults when none were given)."""
+        return as_settings(self.hparams.nft, NFTSettings) or NFTSettings()
+
+    def _record_rewards(self, rewards: Tensor, images: Tensor, batch_size: int) -> None:
+        raise NotImplementedError  # the task's: the reward logs, the reward window and the history
+
+    def score_groups(self, images: Tensor, prompts: list[str], metadata: list[dict[str, Any]], group: int) -> Tensor:
+        """The rewards of ``group`` samples per prompt (each prompt's in a row), checked finite, recorded and logged
+        with the samples' diversity per prompt; call ``self.reward.prepare(prompts, metadata)`` first."""
+        assert self.reward is not None
+        with torch.no_grad():
+            rewards = self.reward(
+                images, [p for p in prompts for _ in range(group)], [m for m in metadata for _ in range(group)]
+            )
+        check_finite(self, "reward", rewards)
+        self._record_rewards(rewards, images, len(prompts))
+        diversity = sample_diversity(images.view(len(prompts), group, *images.shape[1:]))
+        self.log("train/diversity", diversity.nanmean(), batch_size=len(prompts))
+        return rewards
+
+    # -- GRPO --------------------------------------------------------------------------------------------------
+
+    def grpo_step(self, prompts: list[str], metadata: list[dict[str, Any]]) -> Tensor:
+        """One GRPO update on fresh (or reused) rollouts of the batch's prompts: backpropagates each trained step's
+        loss / steps right away (one step's graph alive at a time; the gradient of the mean) and returns the mean."""
+        self.components()
+        settings = self.grpo_settings
+        fresh = self._rollout is None or self._rollout.uses >= settings.rollout_reuse
+        if fresh:
+            self._rollout = self._sample_rollouts(prompts, metadata)
+        rollout = self._rollout
+        assert rollout is not None
+        rollout.uses += 1
+        results = []
+        steps = self.trained_steps(rollout)
+        for i, step in enumerate(steps):
+            result = self.step_loss(rollout, step)
+            if i == 0 and fresh:
+                self._check_first_ratio(result.ratio, settings.clip_range)
+            self.backward_part(result.loss / len(steps), last=i == len(steps) - 1)  # frees this step's graph
+            results.append(result.detached())
+        loss = torch.stack([r.loss for r in results]).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
+        self.log_dict(grpo_log_values(results), batch_size=len(prompts))
+        return loss
+
+    def trained_steps(self, rollout: _Rollout) -> list[int]:
+        """The denoising steps an update trains: the rollout's stochastic ones, ``grpo.train_steps`` of them drawn."""
+        stochastic = torch.nonzero(rollout.trajectory.stochastic).flatten()
+        limit = self.grpo_settings.train_steps
+        if limit is not None and limit < len(stochastic):
+            pick = torch.randperm(len(stochastic), generator=self.step_rng("grpo-steps"))[:limit]
+            stochastic = stochastic[pick.sort().values]
+        return stochastic.tolist()
+
+    def step_loss(self, rollout: _Rollout, step: int) -> GRPOLoss:
+        """GRPO's loss at one denoising step of the rollout (with the graph of that step's recompute)."""
+        assert self.adapter is not None
+        settings, trajectory, context = self.grpo_settings, rollout.trajectory, rollout.context
+        kl = None
+        if settings.kl_coef > 0:
+            # Before the gradient pass: disabling LoRA toggles requires_grad on the adapter weights.
+            with torch.no_grad(), self.starting_policy():
+                reference_mean = recompute_step(self.adapter, context, trajectory, step).mean
+        current = recompute_step(self.adapter, context, trajectory, step)
+        if settings.kl_coef > 0:
+            kl = transition_kl(current.mean, reference_mean, current.std, trajectory.reduce)
+        return grpo_loss(
+            current.log_prob, trajectory.log_probs[:, step], rollout.advantages, clip_range=settings.clip_range,
+            adv_clip_max=settings.adv_clip_max, kl=kl, kl_coef=settings.kl_coef,
+        )  # fmt: skip
+
+    def _sample_rollouts(self, prompts: list[str], metadata: list[dict[str, Any]]) -> _Rollout:
+        assert self.adapter is not None and self.reward is not None
+        settings = self.grpo_settings
+        group = settings.group_size
+        rng = self.step_rng("grpo")
+        with torch.no_grad():
+            self.reward.prepare(prompts, metadata)
+            context = self.adapter.prepare(prompts, **self.sampling_kwargs()).repeat_interleave(group)
+            latents = self.adapter.initial_latents(context, rng)
+            trajectory = sample_trajectory(
+                self.adapter,
+                context,
+                latents,
+                noise_level=settings.noise_level,
+                sde_steps=settings.sde_steps,
+                generator=rng,
+            )
+            images = self.adapter.decode(trajectory.final, context)
+        rewards = self.score_groups(images, prompts, metadata, group)
+        advantages = group_advantages(rewards, group, global_std=settings.global_std)
+        return _Rollout(context, trajectory, advantages)
+
+    def _check_first_ratio(self, ratio: Tensor, clip_range: float) -> None:
+        self.first_ratio = ratio.detach().clone()
+        error = float((ratio.detach() - 1).abs().max())
+        self.log("train/first_ratio_error", error, batch_size=ratio.numel())
+        if error > clip_range:
+            rank_zero_warn(
+                f"GRPO: the first recompute of fresh rollouts gives ratios up to {error:.2e} away from 1 (> clip_range "
+                f"{clip_range}): sampling and training log-probs disagree (non-deterministic kernels, mixed precision, "
+                "dropout, or a different batch layout), so the clip acts on on-policy samples."
+            )
+
+    # -- DiffusionNFT ------------------------------------------------------------------------------------------
+
+    def nft_step(self, prompts: list[str], metadata: list[dict[str, Any]]) -> Tensor:
+        """One DiffusionNFT update (:mod:`rewarddance.rl.nft`); backpropagates each chunk's share of the loss right
+        away and returns the loss (the denoising MSE of the samples, whatever their rewards: the rewards only
+        steer the gradient).
+
+        Samples come from the ordinary sampler with the configured guidance (evaluation samples: no SDE, nothing of
+        the trajectory kept); the loss trains the conditional model without guidance (``guidance_scale`` 1, as the
+        paper's CFG-free training). The tuned model is therefore still sampled with guidance afterwards, and the
+        guided prediction then mixes the tuned conditional branch with an unconditional one that moved only through
+        the weights both share: the improvement may shrink or grow with the guidance weight; evaluate at the
+        guidance used for sampling.
+
+        The sampling policy's prediction :math:`x_0^{old}` is the current one, detached: with one update per batch
+        of samples the weights are still those that drew the samples, so a separate no-grad pass would compute the
+        same numbers (the paper keeps an EMA of the policy for its several updates per batch; not done here).
+        """
+        self.components()
+        assert self.adapter is not None and self.reward is not None
+        settings = self.nft_settings
+        group, adapter = settings.group_size, self.adapter
+        rng = self.step_rng("nft")
+        with torch.no_grad():
+            self.reward.prepare(prompts, metadata)
+            context = adapter.prepare(prompts, **self.sampling_kwargs()).repeat_interleave(group)
+            x0 = adapter.denoise(adapter.initial_latents(context, rng), context, 0, context.num_steps, rng)
+            images = adapter.decode(x0, context)
+        rewards = self.score_groups(images, prompts, metadata, group)
+        r = optimality_probability(rewards, group, adv_clip_max=settings.adv_clip_max, global_std=settings.global_std)
+        train = adapter.prepare(prompts, **{**self.sampling_kwargs(), "guidance_scale": 1.0}).repeat_interleave(group)
+        # One step per sample, drawn alike on every rank so that every rank makes as many chunks (FSDP reduces each).
+        draw = torch.Generator().manual_seed(self.seed_for(self.global_step, "nft-steps"))
+        chunks = nft_chunks(torch.randint(0, train.num_steps, (len(x0),), generator=draw), settings.chunk_size)
+        loss = x0.new_zeros((), dtype=torch.float32)
+        for i, (step, index) in enumerate(chunks):
+            part, target = train.select(index), x0[index]
+            noisy = adapter.renoise(target, part, part.num_steps, step, rng)
+            x0_theta = adapter.predict_x0(adapter.model_output(noisy, step, part), noisy, step, part)
+            per_sample = nft_loss(x0_theta, x0_theta.detach(), target, r[index], beta=settings.beta, reduction="none")
+            share = per_sample.sum() / len(x0)  # the chunks' shares add up to the mean over all samples
+            self.backward_part(share, last=i == len(chunks) - 1)  # frees this chunk's graph
+            loss += share.detach()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
+        self.log("train/nft_r", r.mean(), batch_size=len(prompts))
+        self.log("train/nft_r_spread", (r - 0.5).abs().mean(), batch_size=len(prompts))
+        return loss
