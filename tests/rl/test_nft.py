@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from rewarddance.cli import main
 from rewarddance.data.prompts import PromptDataModule
 from rewarddance.errors import UsageError
-from rewarddance.models.adapters import adapter_for
+from rewarddance.models.adapters import DenoisingContext, GeneratorAdapter, adapter_for
 from rewarddance.models.generators import Generator, load_generator
 from rewarddance.rl.nft import nft_chunks, nft_loss, optimality_probability
 from rewarddance.rl.refl import anchor_loss
@@ -26,14 +26,16 @@ from tests.rl.helpers import PROMPTS, SIDE
 ROOT = Path(__file__).parents[2]
 
 
-def _setup(generator: Generator) -> tuple[object, object, torch.Tensor]:
+def _setup(generator: Generator) -> tuple[GeneratorAdapter, DenoisingContext, torch.Tensor]:
     adapter = adapter_for(generator)
     context = adapter.prepare(PROMPTS, height=SIDE, width=SIDE, num_inference_steps=5, guidance_scale=1.0)
     x0 = adapter.initial_latents(context, 1).float()  # any clean latents of the right shape
     return adapter, context, x0
 
 
-def _predict(adapter, context, x0: torch.Tensor, step: int, seed: int) -> torch.Tensor:  # noqa: ANN001
+def _predict(
+    adapter: GeneratorAdapter, context: DenoisingContext, x0: torch.Tensor, step: int, seed: int
+) -> torch.Tensor:
     noisy = adapter.renoise(x0, context, context.num_steps, step, seed)
     return adapter.predict_x0(adapter.model_output(noisy, step, context), noisy, step, context)
 
