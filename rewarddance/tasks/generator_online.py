@@ -212,6 +212,8 @@ class GroupUpdates(GeneratorSampling):
             self.backward_part(share, last=i == len(chunks) - 1)  # frees this chunk's graph
             loss += share.detach()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
+        # The mean r stays 0.5 unless the clip acts (advantages sum to 0 in a group); the spread is how hard the
+        # update pulls (its gradient scales with beta * (2r - 1)).
         self.log("train/nft_r", r.mean(), batch_size=len(prompts))
         self.log("train/nft_r_spread", (r - 0.5).abs().mean(), batch_size=len(prompts))
         return loss
