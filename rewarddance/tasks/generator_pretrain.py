@@ -169,7 +169,9 @@ class GeneratorPretrainTask(L.LightningModule):
         self.ema_unet.eval()
         self.ema_text_encoder.eval()
         components = {**pipe.components, "unet": self.ema_unet, "text_encoder": self.ema_text_encoder}
-        return Generator(type(pipe)(**components), "sd15", "unet", "t2i", "shapes-t2i (EMA)")
+        # As loaded (no safety checker): without the flag, every evaluation warned that it is disabled.
+        pipeline = type(pipe)(**components, requires_safety_checker=False)
+        return Generator(pipeline, "sd15", "unet", "t2i", "shapes-t2i (EMA)")
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         h = self.hparams
