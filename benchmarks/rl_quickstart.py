@@ -40,7 +40,9 @@ HELDOUT = "shapes:test-id"
 HELDOUT_SEED = 12345  # prompt i of the held-out set is sampled with seed HELDOUT_SEED + i, before and after
 
 
-def fit(config: str, steps: int, root: Path, extra: list[str], at: list[int] = ()) -> tuple[Path, float, float]:
+def fit(
+    config: str, steps: int, root: Path, extra: list[str], at: list[int] | None = None
+) -> tuple[Path, float, float]:
     """Run the fit; returns the exported generator, the wall time and the CPU time (user + system) of the run.
 
     ``at``: earlier steps to keep a checkpoint of (``root/at/step=N.ckpt``), judged by :func:`judge_checkpoint`.
@@ -48,6 +50,7 @@ def fit(config: str, steps: int, root: Path, extra: list[str], at: list[int] = (
     A folder that already holds a finished fit of the same command (``fit.json`` beside its export, written by
     ``--fit-only``) is reused, so that several fits can run first and be judged afterwards.
     """
+    at = list(at or [])
     record = root / "fit.json"
     exports = sorted(root.rglob("export/model_index.json"))
     if record.exists() and exports:
