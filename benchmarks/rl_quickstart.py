@@ -45,7 +45,7 @@ def fit(
 ) -> tuple[Path, float, float]:
     """Run the fit; returns the exported generator, the wall time and the CPU time (user + system) of the run.
 
-    ``at``: earlier steps to keep a checkpoint of (``root/at/step=N.ckpt``), judged by :func:`judge_checkpoint`.
+    ``at``: earlier steps to keep a checkpoint of (``root/at/step=N.ckpt``), exported by :func:`export_checkpoint`.
 
     A folder that already holds a finished fit of the same command (``fit.json`` beside its export, written by
     ``--fit-only``) is reused, so that several fits can run first and be judged afterwards.
@@ -91,7 +91,7 @@ def fit(
     return exports[-1].parent, wall, cpu
 
 
-def judge_checkpoint(root: Path, step: int) -> Path:
+def export_checkpoint(root: Path, step: int) -> Path:
     """Export the run's checkpoint of ``step`` (kept by ``fit(at=...)``) as a diffusers folder, as a user would."""
     out = root / "at" / f"step={step}"
     if (out / "model_index.json").exists():
@@ -309,7 +309,7 @@ def main() -> None:
         tuned, wall, cpu = fit(args.config, steps, root, args.extra, args.at)
         after = heldout_scores(str(tuned), settings, *heldout)
         earlier = {
-            n: paired_gain(before, heldout_scores(str(judge_checkpoint(root, n)), settings, *heldout)) for n in args.at
+            n: paired_gain(before, heldout_scores(str(export_checkpoint(root, n)), settings, *heldout)) for n in args.at
         }
         metrics = run_metrics(root)
     start, end, gain = level(before), level(after), paired_gain(before, after)

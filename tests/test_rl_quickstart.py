@@ -28,7 +28,7 @@ def test_at_keeps_and_exports_an_earlier_step(quickstart, tmp_path):
     final, _, _ = quickstart.fit("configs/rl/shapes_grpo.yaml", 2, tmp_path, extra, [1])
     # Both saves kept although the config's own ModelCheckpoint (same interval) keeps only its latest.
     assert sorted(p.name for p in (tmp_path / "at").glob("*.ckpt")) == ["step=1.ckpt", "step=2.ckpt"]
-    earlier = quickstart.judge_checkpoint(tmp_path, 1)
+    earlier = quickstart.export_checkpoint(tmp_path, 1)
     assert (earlier / "model_index.json").exists()
     unet = "unet/diffusion_pytorch_model.safetensors"
     one, two = load_file(earlier / unet), load_file(final / unet)
@@ -39,4 +39,4 @@ def test_at_keeps_and_exports_an_earlier_step(quickstart, tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
         quickstart.fit("configs/rl/shapes_grpo.yaml", 2, tmp_path, extra)
     with pytest.raises(SystemExit, match="no checkpoint of step 3"):
-        quickstart.judge_checkpoint(tmp_path, 3)
+        quickstart.export_checkpoint(tmp_path, 3)

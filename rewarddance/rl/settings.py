@@ -1,8 +1,8 @@
 """Settings of RL fine-tuning, as :class:`~rewarddance.tasks.GeneratorRLTask` takes them from a config.
 
-``refl:`` (:class:`ReFLSettings`), ``grpo:`` (:class:`GRPOSettings`), ``nft:`` (:class:`NFTSettings`) and ``lora:`` (:class:`GeneratorLora`) are
-dataclasses so that LightningCLI documents and type-checks every field; the task stores them as plain dicts in its
-hyperparameters and rebuilds them with :func:`as_settings`.
+``refl:`` (:class:`ReFLSettings`), ``grpo:`` (:class:`GRPOSettings`), ``nft:`` (:class:`NFTSettings`) and
+``lora:`` (:class:`GeneratorLora`) are dataclasses so that LightningCLI documents and type-checks every field; the
+task stores them as plain dicts in its hyperparameters and rebuilds them with :func:`as_settings`.
 """
 
 from __future__ import annotations
