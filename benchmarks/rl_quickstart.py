@@ -283,6 +283,10 @@ def main() -> None:
         "--at", type=int, nargs="+", default=[], metavar="STEP",
         help="also judge the run at these earlier steps (checkpoints kept and exported): is it lower later?",
     )  # fmt: skip
+    parser.add_argument(
+        "--judge-steps", type=int, metavar="N", help="denoising steps of the held-out samples (default: the run's "
+        "num_inference_steps): train on cheaper rollouts, judge the generator as it is used",
+    )  # fmt: skip
     parser.add_argument("extra", nargs="*", help="further fit arguments (after --)")
     args = parser.parse_args()
     import torch
@@ -295,6 +299,8 @@ def main() -> None:
         if item.startswith("--model.init_args.") and "=" in item:
             key, value = item[len("--model.init_args.") :].split("=", 1)
             settings[key] = yaml.safe_load(value)
+    if args.judge_steps is not None:
+        settings = {**settings, "num_inference_steps": args.judge_steps}
     if args.fit_only:
         if args.keep is None:
             parser.error("--fit-only needs --keep (the folder the later judging call reads)")

@@ -148,6 +148,11 @@ class NFTSettings:
         chunk_size: Most samples per denoiser call of the training pass; each chunk's loss is backpropagated as
             soon as it is computed (one chunk's graph alive at a time). Samples are grouped by their drawn step
             anyway (one step per call); null: no further split.
+        rollout_reuse: Optimizer steps per batch of samples. 1: one update, on-policy. k > 1: k updates on the
+            samples of one prompt batch (the next k - 1 prompt batches are skipped), each with its own draw of
+            steps and noise, all against the prediction of the policy that drew the samples (computed before the
+            first update), so the implicit policies keep their anchor while the weights move. Sampling, most of a
+            step's cost, is then paid once per k updates.
     """
 
     group_size: int = 4
@@ -155,6 +160,7 @@ class NFTSettings:
     adv_clip_max: float = 5.0
     global_std: bool = False
     chunk_size: int | None = None
+    rollout_reuse: int = 1
 
     def check(self) -> None:
         """Refuse settings the algorithm cannot run with (UsageError naming the option)."""
@@ -169,6 +175,10 @@ class NFTSettings:
             raise UsageError(f"{where}.adv_clip_max must be > 0, got {self.adv_clip_max}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise UsageError(f"{where}.chunk_size must be >= 1 or null, got {self.chunk_size}")
+        if self.rollout_reuse < 1:
+            raise UsageError(
+                f"{where}.rollout_reuse must be >= 1 (optimizer steps per batch), got {self.rollout_reuse}"
+            )
 
 
 def as_settings(value: Any, cls: type[T]) -> T | None:

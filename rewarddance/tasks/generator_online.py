@@ -12,7 +12,7 @@ part's activations are alive at a time (:meth:`~rewarddance.tasks.generator_samp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,12 +49,29 @@ class _Rollout:
     uses: int = 0
 
 
+@dataclass
+class _NFTSamples:
+    """DiffusionNFT samples kept for ``rollout_reuse`` updates: the clean latents and their optimality
+    probabilities; per update, the drawn step and noisy latents of each sample; per reused update, the sampling
+    policy's prediction from them."""
+
+    prompts: list[str]
+    context: DenoisingContext | None
+    """The training conditioning (None after a restore, until rebuilt from ``prompts``)."""
+    x0: Tensor
+    r: Tensor
+    steps: list[Tensor] = field(default_factory=list)
+    noisy: list[Tensor] = field(default_factory=list)
+    x0_old: list[Tensor] = field(default_factory=list)
+    uses: int = 0
+
+
 class GroupUpdates(GeneratorSampling):
     """GRPO's and DiffusionNFT's updates; the subclass declares the ``grpo`` / ``nft`` hyperparameters, sets
     ``first_ratio`` and ``_rollout`` to None, and records rewards (:meth:`_record_rewards`)."""
 
     first_ratio: Tensor | None
-    _rollout: _Rollout | None
+    _rollout: _Rollout | _NFTSamples | None
 
     @property
     def grpo_settings(self) -> GRPOSettings:
@@ -94,7 +111,7 @@ class GroupUpdates(GeneratorSampling):
         if fresh:
             self._rollout = self._sample_rollouts(prompts, metadata)
         rollout = self._rollout
-        assert rollout is not None
+        assert isinstance(rollout, _Rollout)
         rollout.uses += 1
         results = []
         steps = self.trained_steps(rollout)
@@ -171,9 +188,10 @@ class GroupUpdates(GeneratorSampling):
     # -- DiffusionNFT ------------------------------------------------------------------------------------------
 
     def nft_step(self, prompts: list[str], metadata: list[dict[str, Any]]) -> Tensor:
-        """One DiffusionNFT update (:mod:`rewarddance.rl.nft`); backpropagates each chunk's share of the loss right
-        away and returns the loss (the denoising MSE of the samples, whatever their rewards: the rewards only
-        steer the gradient).
+        """One DiffusionNFT update (:mod:`rewarddance.rl.nft`) on fresh samples, or on those of an earlier prompt
+        batch while ``nft.rollout_reuse`` allows; backpropagates each chunk's share of the loss right away and
+        returns the loss (the denoising MSE of the samples, whatever their rewards: the rewards only steer the
+        gradient).
 
         Samples come from the ordinary sampler with the configured guidance (evaluation samples: no SDE, nothing of
         the trajectory kept); the loss trains the conditional model without guidance (``guidance_scale`` 1, as the
@@ -182,14 +200,59 @@ class GroupUpdates(GeneratorSampling):
         the weights both share: the improvement may shrink or grow with the guidance weight; evaluate at the
         guidance used for sampling.
 
-        The sampling policy's prediction :math:`x_0^{old}` is the current one, detached: with one update per batch
-        of samples the weights are still those that drew the samples, so a separate no-grad pass would compute the
-        same numbers (the paper keeps an EMA of the policy for its several updates per batch; not done here).
+        :math:`x_0^{old}` is the prediction of the policy that drew the samples: for the first update the current
+        one, detached (the weights have not moved yet: a separate no-grad pass would compute the same numbers); for
+        the reused ones, computed before the first update (:meth:`_sample_nft`). The paper samples with an EMA of
+        the policy instead; not done here.
         """
         self.components()
+        assert self.adapter is not None
+        settings, adapter = self.nft_settings, self.adapter
+        if self._rollout is None or self._rollout.uses >= settings.rollout_reuse:
+            self._rollout = self._sample_nft(prompts, metadata)
+        batch = self._rollout
+        assert isinstance(batch, _NFTSamples)
+        if batch.context is None:  # restored from a checkpoint (on the CPU): the conditioning is rebuilt
+            batch.context = self._nft_context(batch.prompts)
+            batch.x0, batch.r = batch.x0.to(self.device), batch.r.to(self.device)
+            batch.noisy = [t.to(self.device) for t in batch.noisy]
+            batch.x0_old = [t.to(self.device) for t in batch.x0_old]
+        use, x0, r = batch.uses, batch.x0, batch.r
+        batch.uses += 1
+        loss = x0.new_zeros((), dtype=torch.float32)
+        drift = x0.new_zeros((), dtype=torch.float32)
+        chunks = nft_chunks(batch.steps[use], settings.chunk_size)
+        for i, (step, index) in enumerate(chunks):
+            part, target, noisy = batch.context.select(index), x0[index], batch.noisy[use][index]
+            x0_theta = adapter.predict_x0(adapter.model_output(noisy, step, part), noisy, step, part)
+            x0_old = x0_theta.detach() if use == 0 else batch.x0_old[use - 1][index]
+            per_sample = nft_loss(x0_theta, x0_old, target, r[index], beta=settings.beta, reduction="none")
+            share = per_sample.sum() / len(x0)  # the chunks' shares add up to the mean over all samples
+            self.backward_part(share, last=i == len(chunks) - 1)  # frees this chunk's graph
+            loss += share.detach()
+            drift += (x0_theta.detach().float() - x0_old.float()).square().mean(tuple(range(1, x0.ndim))).sum()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
+        # The mean r stays 0.5 unless the clip acts (advantages sum to 0 in a group); the spread is how hard the
+        # update pulls (its gradient scales with beta * (2r - 1)).
+        self.log("train/nft_r", r.mean(), batch_size=len(prompts))
+        self.log("train/nft_r_spread", (r - 0.5).abs().mean(), batch_size=len(prompts))
+        if settings.rollout_reuse > 1:
+            # How far the weights have moved from the sampling policy, in its own prediction (0 on fresh samples).
+            self.log("train/nft_drift", drift / len(x0), batch_size=len(prompts))
+        return loss
+
+    def _nft_context(self, prompts: list[str]) -> DenoisingContext:
+        """The training pass's conditioning: each prompt ``group_size`` times, without guidance (CFG-free)."""
+        assert self.adapter is not None
+        kwargs = {**self.sampling_kwargs(), "guidance_scale": 1.0}
+        return self.adapter.prepare(prompts, **kwargs).repeat_interleave(self.nft_settings.group_size)
+
+    def _sample_nft(self, prompts: list[str], metadata: list[dict[str, Any]]) -> _NFTSamples:
+        """Fresh samples, their optimality probabilities, and every update's draw of steps and noise, with the
+        sampling policy's predictions for the reused updates."""
         assert self.adapter is not None and self.reward is not None
-        settings = self.nft_settings
-        group, adapter = settings.group_size, self.adapter
+        settings, adapter = self.nft_settings, self.adapter
+        group = settings.group_size
         rng = self.step_rng("nft")
         with torch.no_grad():
             self.reward.prepare(prompts, metadata)
@@ -198,22 +261,51 @@ class GroupUpdates(GeneratorSampling):
             images = adapter.decode(x0, context)
         rewards = self.score_groups(images, prompts, metadata, group)
         r = optimality_probability(rewards, group, adv_clip_max=settings.adv_clip_max, global_std=settings.global_std)
-        train = adapter.prepare(prompts, **{**self.sampling_kwargs(), "guidance_scale": 1.0}).repeat_interleave(group)
-        # One step per sample, drawn alike on every rank so that every rank makes as many chunks (FSDP reduces each).
+        samples = _NFTSamples(list(prompts), self._nft_context(prompts), x0, r)
+        # One step per sample and update, drawn alike on every rank so that every rank makes as many chunks (FSDP
+        # reduces each).
         draw = torch.Generator().manual_seed(self.seed_for(self.global_step, "nft-steps"))
-        chunks = nft_chunks(torch.randint(0, train.num_steps, (len(x0),), generator=draw), settings.chunk_size)
-        loss = x0.new_zeros((), dtype=torch.float32)
-        for i, (step, index) in enumerate(chunks):
-            part, target = train.select(index), x0[index]
-            noisy = adapter.renoise(target, part, part.num_steps, step, rng)
-            x0_theta = adapter.predict_x0(adapter.model_output(noisy, step, part), noisy, step, part)
-            per_sample = nft_loss(x0_theta, x0_theta.detach(), target, r[index], beta=settings.beta, reduction="none")
-            share = per_sample.sum() / len(x0)  # the chunks' shares add up to the mean over all samples
-            self.backward_part(share, last=i == len(chunks) - 1)  # frees this chunk's graph
-            loss += share.detach()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
-        # The mean r stays 0.5 unless the clip acts (advantages sum to 0 in a group); the spread is how hard the
-        # update pulls (its gradient scales with beta * (2r - 1)).
-        self.log("train/nft_r", r.mean(), batch_size=len(prompts))
-        self.log("train/nft_r_spread", (r - 0.5).abs().mean(), batch_size=len(prompts))
-        return loss
+        train = samples.context
+        assert train is not None
+        for use in range(settings.rollout_reuse):
+            steps = torch.randint(0, train.num_steps, (len(x0),), generator=draw)
+            noisy, old = torch.empty_like(x0), torch.empty_like(x0, dtype=torch.float32)
+            for step, index in nft_chunks(steps, settings.chunk_size):
+                part = train.select(index)
+                noisy[index] = adapter.renoise(x0[index], part, part.num_steps, step, rng)
+                if use > 0:
+                    with torch.no_grad():
+                        old[index] = adapter.predict_x0(
+                            adapter.model_output(noisy[index], step, part), noisy[index], step, part
+                        )
+            samples.steps.append(steps)
+            samples.noisy.append(noisy)
+            if use > 0:
+                samples.x0_old.append(old)
+        return samples
+
+    # -- checkpoints of a reuse cycle ---------------------------------------------------------------------------
+
+    def reuse_checkpoint(self) -> dict[str, Any]:
+        """What a checkpoint needs of a ``rollout_reuse`` cycle in progress: DiffusionNFT's samples as plain tensors
+        and lists (they load with ``weights_only=True``), or the fact that GRPO's rollouts (not saved) were part-way
+        through theirs; nothing between cycles."""
+        batch = self._rollout
+        if isinstance(batch, _NFTSamples) and batch.uses < self.nft_settings.rollout_reuse:
+            fields = ("prompts", "x0", "r", "steps", "noisy", "x0_old", "uses")
+            return {"nft_samples": {name: getattr(batch, name) for name in fields}}
+        if isinstance(batch, _Rollout) and batch.uses < self.grpo_settings.rollout_reuse:
+            return {"grpo_unfinished_reuse": True}
+        return {}
+
+    def restore_reuse(self, record: dict[str, Any]) -> None:
+        """Continue the checkpoint's DiffusionNFT reuse cycle as the uninterrupted run would (the conditioning is
+        rebuilt from the prompts); warn where GRPO's cannot be continued."""
+        if record.get("nft_samples") is not None:
+            self._rollout = _NFTSamples(context=None, **record["nft_samples"])
+        if record.get("grpo_unfinished_reuse"):
+            rank_zero_warn(
+                "Resuming GRPO from a checkpoint saved part-way through grpo.rollout_reuse: its rollouts are not in "
+                "the checkpoint, so the resumed run samples fresh ones where the uninterrupted run reused them (not "
+                "the same run). Save checkpoints at multiples of rollout_reuse steps for an exact resume."
+            )

@@ -406,6 +406,7 @@ class GeneratorRLTask(GroupUpdates):
             "history": self.history,
             "generator": str(self.hparams.generator),
             "reward_window": window,
+            **self.reuse_checkpoint(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -416,3 +417,4 @@ class GeneratorRLTask(GroupUpdates):
             self.evaluation.history = self.history["eval"]
             for name, value in record.get("reward_window", {}).items():
                 setattr(self.reward_variance, name, value.to(self.reward_variance.device))
+            self.restore_reuse(record)

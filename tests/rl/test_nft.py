@@ -127,7 +127,8 @@ def test_optimality_probability_is_a_monotone_probability_and_half_for_equal_rew
 @pytest.mark.parametrize(
     ("settings", "field"),
     [({"beta": 0.0}, "beta"), ({"beta": -1.0}, "beta"), ({"group_size": 1}, "group_size"),
-     ({"adv_clip_max": 0.0}, "adv_clip_max"), ({"chunk_size": 0}, "chunk_size")],
+     ({"adv_clip_max": 0.0}, "adv_clip_max"), ({"chunk_size": 0}, "chunk_size"),
+     ({"rollout_reuse": 0}, "rollout_reuse")],
 )  # fmt: skip
 def test_bad_settings_name_the_option(settings: dict[str, float], field: str) -> None:
     with pytest.raises(UsageError, match=rf"model\.init_args\.nft\.{field}"):
@@ -214,4 +215,60 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     assert lora and all(torch.equal(a[k], b[k]) for k in a)
     at_one = torch.load(tmp_path / "ckpt" / "epoch=0-step=1.ckpt", weights_only=True)["state_dict"]
     assert any(not torch.equal(at_one[k], a[k]) for k in lora)  # step 2 did update the weights
+    assert full.history["train"] == resumed.history["train"]
+
+
+def _reuse_task() -> GeneratorRLTask:
+    return GeneratorRLTask(
+        algorithm="nft",
+        nft=NFTSettings(group_size=2, rollout_reuse=2),
+        lora=GeneratorLora(r=4),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0),
+        num_inference_steps=3,
+        eval_every=None,
+        plot=False,
+        export=False,
+    )
+
+
+class _Drifts(L.Callback):
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.values.append(float(trainer.callback_metrics["train/nft_drift"]))
+
+
+def test_rollout_reuse_samples_once_per_cycle_and_anchors_to_the_sampling_policy(tmp_path: Path) -> None:
+    data = PromptDataModule(train="shapes:train", val=None, per_tag=1, batch_size=2, shuffle=False)
+    torch.manual_seed(0)
+    task = _reuse_task()
+    drifts = _Drifts()
+    _trainer(tmp_path, 3, log_every_n_steps=1, callbacks=[drifts]).fit(task, datamodule=data)
+    # Steps 1 and 3 sample (and score) fresh batches; step 2 reuses step 1's samples with a new draw of steps/noise.
+    assert len(task.history["train"]["reward_mean"]) == 2
+    # The anchor of step 2 is the prediction of the weights that drew the samples, computed before step 1 moved
+    # them: the trained prediction has drifted from it. A first use is anchored to itself: drift exactly 0.
+    assert drifts.values[0] == 0.0 and drifts.values[1] > 0.0 and drifts.values[2] == 0.0
+
+
+def test_resume_in_the_middle_of_a_reuse_cycle_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    # The checkpoint at step 1 holds the samples step 2 still trains on (plain tensors: weights_only loads it).
+    prompts = "shapes:train"
+    data = lambda: PromptDataModule(train=prompts, val=None, per_tag=1, batch_size=2, shuffle=False)  # noqa: E731
+    torch.manual_seed(0)
+    full = _reuse_task()
+    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=1)
+    _trainer(tmp_path / "full", 3, callbacks=[save], enable_checkpointing=True).fit(full, datamodule=data())
+    at_one = torch.load(tmp_path / "ckpt" / "epoch=0-step=1.ckpt", weights_only=True)
+    assert at_one["rewarddance_rl"]["nft_samples"]["uses"] == 1
+    assert (
+        "nft_samples" not in torch.load(tmp_path / "ckpt" / "epoch=0-step=2.ckpt", weights_only=True)["rewarddance_rl"]
+    )
+    torch.manual_seed(1)
+    resumed = _reuse_task()
+    fit = _trainer(tmp_path / "resumed", 3)
+    fit.fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=1.ckpt")
+    a, b = full.state_dict(), resumed.state_dict()
+    assert [k for k in a if "lora" in k] and all(torch.equal(a[k], b[k]) for k in a)
     assert full.history["train"] == resumed.history["train"]

@@ -207,6 +207,13 @@ def test_grpo_first_recompute_ratio_is_exactly_one(tmp_path: Path, prompts_jsonl
     # (the KL reference runs with the adapters disabled, the ratio with them enabled again).
     assert float(metrics["train/ratio_deviation"]) > 0
     assert float(metrics["train/kl"]) > 0
+    # A checkpoint between reuse cycles needs nothing more; one inside a cycle cannot hold GRPO's rollouts, so its
+    # resume says loudly that it samples afresh (the uninterrupted run reused them).
+    assert task.reuse_checkpoint() == {}
+    task._rollout.uses = 1
+    assert task.reuse_checkpoint() == {"grpo_unfinished_reuse": True}
+    with pytest.warns(UserWarning, match="part-way through grpo.rollout_reuse"):
+        task.restore_reuse(task.reuse_checkpoint())
 
 
 def test_grpo_on_a_unet_samples_ddims_sde(tmp_path: Path, prompts_jsonl: str):
