@@ -302,7 +302,16 @@ class GroupUpdates(GeneratorSampling):
         """Continue the checkpoint's DiffusionNFT reuse cycle as the uninterrupted run would (the conditioning is
         rebuilt from the prompts); warn where GRPO's cannot be continued."""
         if record.get("nft_samples") is not None:
-            self._rollout = _NFTSamples(context=None, **record["nft_samples"])
+            if self._trainer is not None and self.trainer.world_size > 1:
+                # Every rank drew its own samples, and only rank 0's are in the checkpoint.
+                rank_zero_warn(
+                    "Resuming DiffusionNFT from a checkpoint saved part-way through nft.rollout_reuse in a "
+                    "multi-process run: only rank 0's samples are in it, so every rank samples fresh ones where the "
+                    "uninterrupted run reused them (not the same run). Save checkpoints at multiples of "
+                    "rollout_reuse steps for an exact resume."
+                )
+            else:
+                self._rollout = _NFTSamples(context=None, **record["nft_samples"])
         if record.get("grpo_unfinished_reuse"):
             rank_zero_warn(
                 "Resuming GRPO from a checkpoint saved part-way through grpo.rollout_reuse: its rollouts are not in "
