@@ -261,12 +261,11 @@ class GroupUpdates(GeneratorSampling):
             images = adapter.decode(x0, context)
         rewards = self.score_groups(images, prompts, metadata, group)
         r = optimality_probability(rewards, group, adv_clip_max=settings.adv_clip_max, global_std=settings.global_std)
-        samples = _NFTSamples(list(prompts), self._nft_context(prompts), x0, r)
+        train = self._nft_context(prompts)
+        samples = _NFTSamples(list(prompts), train, x0, r)
         # One step per sample and update, drawn alike on every rank so that every rank makes as many chunks (FSDP
         # reduces each).
         draw = torch.Generator().manual_seed(self.seed_for(self.global_step, "nft-steps"))
-        train = samples.context
-        assert train is not None
         for use in range(settings.rollout_reuse):
             steps = torch.randint(0, train.num_steps, (len(x0),), generator=draw)
             noisy, old = torch.empty_like(x0), torch.empty_like(x0, dtype=torch.float32)

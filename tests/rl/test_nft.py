@@ -174,10 +174,10 @@ def test_cli_fit_trains_exports_and_the_export_loads(tmp_path: Path) -> None:
     assert not any("lora" in name for name, _ in exported.denoiser.named_parameters())
 
 
-def _nft_task() -> GeneratorRLTask:
+def _nft_task(rollout_reuse: int = 1) -> GeneratorRLTask:
     return GeneratorRLTask(
         algorithm="nft",
-        nft=NFTSettings(group_size=2),
+        nft=NFTSettings(group_size=2, rollout_reuse=rollout_reuse),
         lora=GeneratorLora(r=4),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0),
         num_inference_steps=3,
@@ -195,19 +195,29 @@ def _trainer(root: Path, steps: int, **kwargs: object) -> L.Trainer:
     )  # fmt: skip
 
 
+def _prompts() -> PromptDataModule:
+    return PromptDataModule(train="shapes:train", val=None, per_tag=1, batch_size=2, shuffle=False)
+
+
+def _run_and_resume(
+    tmp_path: Path, steps: int, rollout_reuse: int = 1
+) -> tuple[GeneratorRLTask, GeneratorRLTask, L.Trainer]:
+    """An uninterrupted run of ``steps`` that saves every step, and a run resumed from its step-1 checkpoint."""
+    torch.manual_seed(0)
+    full = _nft_task(rollout_reuse)
+    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=1)
+    _trainer(tmp_path / "full", steps, callbacks=[save], enable_checkpointing=True).fit(full, datamodule=_prompts())
+    torch.manual_seed(1)  # a different LoRA initialisation: the checkpoint's weights must replace it
+    resumed = _nft_task(rollout_reuse)
+    fit = _trainer(tmp_path / "resumed", steps)
+    fit.fit(resumed, datamodule=_prompts(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=1.ckpt")
+    return full, resumed, fit
+
+
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     # Nothing carries over between NFT updates but the weights, the optimizer and the step (its draws are seeded
     # from it), so a resume from step 1 must end bitwise where the uninterrupted run ends.
-    prompts = "shapes:train"
-    data = lambda: PromptDataModule(train=prompts, val=None, per_tag=1, batch_size=2, shuffle=False)  # noqa: E731
-    torch.manual_seed(0)
-    full = _nft_task()
-    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=1)
-    _trainer(tmp_path / "full", 2, callbacks=[save], enable_checkpointing=True).fit(full, datamodule=data())
-    torch.manual_seed(1)  # a different LoRA initialisation: the checkpoint's weights must replace it
-    resumed = _nft_task()
-    fit = _trainer(tmp_path / "resumed", 2)
-    fit.fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=1.ckpt")
+    full, resumed, fit = _run_and_resume(tmp_path, 2)
     assert fit.global_step == 2
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
@@ -216,19 +226,6 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     at_one = torch.load(tmp_path / "ckpt" / "epoch=0-step=1.ckpt", weights_only=True)["state_dict"]
     assert any(not torch.equal(at_one[k], a[k]) for k in lora)  # step 2 did update the weights
     assert full.history["train"] == resumed.history["train"]
-
-
-def _reuse_task() -> GeneratorRLTask:
-    return GeneratorRLTask(
-        algorithm="nft",
-        nft=NFTSettings(group_size=2, rollout_reuse=2),
-        lora=GeneratorLora(r=4),
-        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0),
-        num_inference_steps=3,
-        eval_every=None,
-        plot=False,
-        export=False,
-    )
 
 
 class _Drifts(L.Callback):
@@ -240,11 +237,10 @@ class _Drifts(L.Callback):
 
 
 def test_rollout_reuse_samples_once_per_cycle_and_anchors_to_the_sampling_policy(tmp_path: Path) -> None:
-    data = PromptDataModule(train="shapes:train", val=None, per_tag=1, batch_size=2, shuffle=False)
     torch.manual_seed(0)
-    task = _reuse_task()
+    task = _nft_task(rollout_reuse=2)
     drifts = _Drifts()
-    _trainer(tmp_path, 3, log_every_n_steps=1, callbacks=[drifts]).fit(task, datamodule=data)
+    _trainer(tmp_path, 3, log_every_n_steps=1, callbacks=[drifts]).fit(task, datamodule=_prompts())
     # Steps 1 and 3 sample (and score) fresh batches; step 2 reuses step 1's samples with a new draw of steps/noise.
     assert len(task.history["train"]["reward_mean"]) == 2
     # The anchor of step 2 is the prediction of the weights that drew the samples, computed before step 1 moved
@@ -254,21 +250,12 @@ def test_rollout_reuse_samples_once_per_cycle_and_anchors_to_the_sampling_policy
 
 def test_resume_in_the_middle_of_a_reuse_cycle_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     # The checkpoint at step 1 holds the samples step 2 still trains on (plain tensors: weights_only loads it).
-    prompts = "shapes:train"
-    data = lambda: PromptDataModule(train=prompts, val=None, per_tag=1, batch_size=2, shuffle=False)  # noqa: E731
-    torch.manual_seed(0)
-    full = _reuse_task()
-    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=1)
-    _trainer(tmp_path / "full", 3, callbacks=[save], enable_checkpointing=True).fit(full, datamodule=data())
+    full, resumed, _ = _run_and_resume(tmp_path, 3, rollout_reuse=2)
     at_one = torch.load(tmp_path / "ckpt" / "epoch=0-step=1.ckpt", weights_only=True)
     assert at_one["rewarddance_rl"]["nft_samples"]["uses"] == 1
     assert (
         "nft_samples" not in torch.load(tmp_path / "ckpt" / "epoch=0-step=2.ckpt", weights_only=True)["rewarddance_rl"]
     )
-    torch.manual_seed(1)
-    resumed = _reuse_task()
-    fit = _trainer(tmp_path / "resumed", 3)
-    fit.fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=1.ckpt")
     a, b = full.state_dict(), resumed.state_dict()
     assert [k for k in a if "lora" in k] and all(torch.equal(a[k], b[k]) for k in a)
     assert full.history["train"] == resumed.history["train"]
