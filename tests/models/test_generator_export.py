@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import DiffusionPipeline
 
@@ -45,3 +47,18 @@ def test_rl_export_with_low_precision_frozen_parts_samples_in_plain_diffusers(tm
     dtypes = {name: c.dtype for name, c in plain.components.items() if isinstance(c, torch.nn.Module)}
     assert set(dtypes.values()) == {torch.float32}, dtypes
     assert torch.isfinite(_call(plain)).all()
+
+
+BUNDLED = sorted(p for p in (Path(__file__).parents[2] / "data" / "generators").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("folder", BUNDLED, ids=[p.name for p in BUNDLED])
+def test_bundled_generators_sample_in_plain_diffusers_with_their_recorded_defaults(folder: Path) -> None:
+    assert [p.name for p in BUNDLED] == ["shapes-t2i", "shapes-t2i-early"]  # a new folder gets documented here too
+    plain = DiffusionPipeline.from_pretrained(folder)
+    assert torch.isfinite(_call(plain)).all()
+    defaults = json.loads((folder / "rewarddance_sampling.json").read_text())
+    assert defaults == {"guidance_scale": 2.0, "num_inference_steps": 20}
+    assert load_generator(folder).sampling_defaults == defaults
+    record = json.loads((folder / "training_record.json").read_text())
+    assert record["global_step"] > record["vae_steps"] > 0
