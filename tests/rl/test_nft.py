@@ -168,7 +168,7 @@ def test_cli_fit_trains_exports_and_the_export_loads(tmp_path: Path) -> None:
     assert math.isfinite(float(metrics["train/loss"])) and float(metrics["train/loss"]) > 0
     assert 0.0 <= float(metrics["train/nft_r"]) <= 1.0
     assert math.isfinite(float(metrics["train/diversity"])) and math.isfinite(float(metrics["train/reward"]))
-    assert len(task.history["train"]["reward_mean"]) == 1  # the config's rollout_reuse 4: both steps on one batch
+    assert len(task.history["train"]["reward_mean"]) == 1  # the config's rollout_reuse 8: both steps on one batch
     exported = load_generator(Path(task.trainer.log_dir) / "export")
     assert exported.family == task.generator.family
     assert not any("lora" in name for name, _ in exported.denoiser.named_parameters())
