@@ -77,6 +77,7 @@ def generated(
     rounds: int = 1,
     max_pairs: int = 2,
     tags: list[str] | None = None,
+    points: bool = False,
     steps: int | None = None,
     guidance_scale: float | None = None,
     size: int = 64,
@@ -98,6 +99,8 @@ def generated(
         rounds: Passes over the prompts with new seeds.
         max_pairs: Pairs made per prompt and round.
         tags: GenEval tags to draw prompts from (default: all six).
+        points: Also write every judged sample as a pointwise sample ("does the image match the prompt?", the
+            oracle's verdict as the answer and its finding as the rationale), for pointwise reward models.
         steps: Sampling steps; null: the generator folder's defaults.
         guidance_scale: Guidance; null: the generator folder's defaults.
         size: Image side in pixels.
@@ -115,12 +118,14 @@ def generated(
     with atomic_output(out, folder=True) as tmp:
         summary = build_generated_pairs(
             generator, tmp, split=split, per_tag=per_tag, samples_per_prompt=samples_per_prompt, rounds=rounds,
-            max_pairs=max_pairs, tags=tuple(tags or TAGS), steps=steps, guidance_scale=guidance_scale, size=size,
+            max_pairs=max_pairs, tags=tuple(tags or TAGS), points=points, steps=steps, guidance_scale=guidance_scale, size=size,
             seed=seed, shard_size=shard_size,
         )  # fmt: skip
     summary = relocated(summary, tmp, out)
     accuracy = ", ".join(f"{tag} {value:.2f}" for tag, value in sorted(summary["oracle_accuracy"].items()))
-    print(f"wrote {summary['total']} pairs from {summary['images']} samples to {out}; oracle accuracy: {accuracy}")
+    points_written = sum(summary["points"].values())
+    made = f"{sum(summary['pairs'].values())} pairs" + (f" and {points_written} points" if points else "")
+    print(f"wrote {made} from {summary['images']} samples to {out}; oracle accuracy: {accuracy}")
     return summary
 
 

@@ -7,7 +7,9 @@ them ranks them poorly: the bundled one is 0.87 right on rendered test pairs and
 shapes generator's samples (``benchmarks/reward_on_samples.py`` measures the ranking). This module samples a
 generator on a split's prompts, judges every sample with the pixel oracle, and pairs a correct sample with an
 incorrect one of the same prompt (order random), with the oracle's verdicts as the rationale: the same schema as the
-rendered pairs, so the shards mix with them in any reward-model config.
+rendered pairs, so the shards mix with them in any reward-model config. With ``points``, every judged sample is also
+written as a pointwise sample ("does the image match the prompt?", the oracle's verdict as the answer): a prompt
+whose samples are all wrong, which makes no pair, still teaches what is wrong with them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rewarddance.data.writer import SampleWriter
 from rewarddance.shapes.oracle import judge_image
 from rewarddance.shapes.pairs import SOURCE
 from rewarddance.shapes.prompts import TAGS, geneval_prompts
+from rewarddance.shapes.rules import Judgement
 
 GENERATED_SOURCE = f"{SOURCE}-generated"
 """``Sample.source`` of generated pairs (rendered pairs carry ``shapes``)."""
@@ -32,7 +35,7 @@ GENERATED_SOURCE = f"{SOURCE}-generated"
 
 def pair_generated(
     images: Sequence[Any], meta: dict[str, Any], rng: np.random.Generator, *, max_pairs: int, key: str, model: str
-) -> tuple[list[Sample], list[bool]]:
+) -> tuple[list[Sample], list[Judgement]]:
     """Judge one prompt's samples and pair correct with incorrect ones.
 
     Args:
@@ -44,7 +47,7 @@ def pair_generated(
         model: The generator's name, stored in ``Sample.models``.
 
     Returns:
-        The pair samples and every image's verdict.
+        The pair samples and every image's judgement.
     """
     verdicts = [judge_image(image, meta) for image in images]
     good = [i for i, v in enumerate(verdicts) if v.correct]
@@ -77,7 +80,24 @@ def pair_generated(
                 },
             )
         )
-    return samples, [v.correct for v in verdicts]
+    return samples, verdicts
+
+
+def point_generated(image: Any, verdict: Judgement, meta: dict[str, Any], *, key: str, model: str) -> Sample:
+    """One judged sample as a pointwise sample: answer yes iff the oracle finds it correct, its finding as rationale."""
+    return Sample(
+        key=key,
+        kind="point",
+        prompt=meta["prompt"],
+        image=[image],
+        answer="yes" if verdict.correct else "no",
+        criteria="text-image alignment",
+        rationale=verdict.sentence("The image"),
+        source=GENERATED_SOURCE,
+        models=[model],
+        category=meta["tag"],
+        meta={"geneval": meta, "point_type": "generated", "parts": verdict.parts(False)},
+    )
 
 
 def build_generated_pairs(
@@ -90,6 +110,7 @@ def build_generated_pairs(
     rounds: int = 1,
     max_pairs: int = 2,
     tags: Sequence[str] = TAGS,
+    points: bool = False,
     steps: int | None = None,
     guidance_scale: float | None = None,
     size: int = 64,
@@ -110,6 +131,7 @@ def build_generated_pairs(
         rounds: Passes over the prompts, each with new seeds (more pairs from the same prompts).
         max_pairs: Pairs made per prompt and round.
         tags: GenEval tags to draw prompts from.
+        points: Also write every judged sample as a pointwise sample (see the module's docstring).
         steps: Sampling steps; null: the generator folder's sampling defaults.
         guidance_scale: Guidance; null: the generator folder's sampling defaults.
         size: Image side in pixels.
@@ -120,7 +142,8 @@ def build_generated_pairs(
         progress: Show a progress bar.
 
     Returns:
-        Summary: pairs written, pairs per tag, the oracle's accuracy on the samples per tag, the files.
+        Summary: samples written (``total``), pairs and points per tag, the oracle's accuracy on the samples per tag,
+        the files.
     """
     from tqdm.auto import tqdm
 
@@ -133,9 +156,13 @@ def build_generated_pairs(
     correct: Counter[str] = Counter()
     judged: Counter[str] = Counter()
     pairs: Counter[str] = Counter()
+    written_points: Counter[str] = Counter()
     jobs = [(r, i) for r in range(rounds) for i in range(len(prompts))]
     per_batch = max(1, batch_size // samples_per_prompt)
-    info = {"generator": str(generator), "split": split, "per_tag": per_tag, "rounds": rounds, "seed": seed}
+    info = {
+        "generator": str(generator), "split": split, "per_tag": per_tag, "rounds": rounds, "seed": seed,
+        "points": points,
+    }  # fmt: skip
     with SampleWriter(out, prefix=f"generated-{split}", max_count=shard_size, info=info, compress=compress) as writer:
         for start in tqdm(range(0, len(jobs), per_batch), desc="generated pairs", disable=not progress):
             batch = jobs[start : start + per_batch]
@@ -149,17 +176,23 @@ def build_generated_pairs(
             for n, (r, i) in enumerate(batch):
                 meta = prompts[i]
                 group = pil[n * samples_per_prompt : (n + 1) * samples_per_prompt]
-                samples, verdicts = pair_generated(
-                    group, meta, rng, max_pairs=max_pairs, key=f"gen-{split}-{r:03d}-{i:05d}", model=str(generator)
-                )
+                key = f"gen-{split}-{r:03d}-{i:05d}"
+                samples, verdicts = pair_generated(group, meta, rng, max_pairs=max_pairs, key=key, model=str(generator))
                 judged[meta["tag"]] += len(verdicts)
-                correct[meta["tag"]] += sum(verdicts)
+                correct[meta["tag"]] += sum(v.correct for v in verdicts)
                 pairs[meta["tag"]] += len(samples)
+                if points:
+                    samples += [
+                        point_generated(image, verdict, meta, key=f"{key}-p{j}", model=str(generator))
+                        for j, (image, verdict) in enumerate(zip(group, verdicts, strict=True))
+                    ]
+                    written_points[meta["tag"]] += len(verdicts)
                 for item in samples:
                     writer.write(item)
     return {
-        "total": sum(pairs.values()),
+        "total": sum(pairs.values()) + sum(written_points.values()),
         "pairs": dict(pairs),
+        "points": dict(written_points),
         "oracle_accuracy": {tag: correct[tag] / judged[tag] for tag in judged},
         "prompts": len(prompts),
         "images": sum(judged.values()),
