@@ -78,6 +78,8 @@ class RewardBatch:
         queries: The row queries, kept when scoring must re-encode them (reasons-first generation).
         conditioned: Samples (loader repeats left out) shown with a condition image (image-to-video): the task
             records whether it trained with them, for the export.
+        criteria: Samples (loader repeats left out) per criteria text they were asked with: the task records
+            them, and its export asks with the most frequent one (a question the model was trained on).
     """
 
     inputs: Mapping[str, Any] | None
@@ -96,6 +98,7 @@ class RewardBatch:
     counts: dict[str, int]
     queries: list[Query] | None = None
     conditioned: int = 0
+    criteria: dict[str, int] = field(default_factory=dict)
     previews: list[dict[str, Any]] = field(default_factory=list)
     """The first pairs of the batch as the model saw them (prompt, image 1, image 2, target), for
     the table of sample pairs a wandb logger shows; the i-th preview is pair i."""
@@ -189,6 +192,7 @@ class RewardCollator:
         keys: list[str] = []
         previews: list[dict[str, Any]] = []
         conditioned = 0
+        criteria: Counter[str] = Counter()
         for sample in samples:
             rows = self.rows(sample)
             if isinstance(rows, str):
@@ -197,6 +201,7 @@ class RewardCollator:
             if not sample.padding:
                 counts.update(rows.counts)
                 conditioned += sample.condition is not None
+                criteria.update(q.criteria for q in rows.queries[:1])
             start = len(queries)
             trained = True
             if rows.pair_target is not None:
@@ -257,5 +262,6 @@ class RewardCollator:
             counts={k: v for k, v in counts.items() if v},
             queries=queries if self.rationale_format == "reasons_first" else None,
             conditioned=conditioned,
+            criteria=dict(criteria),
             previews=previews,
         )

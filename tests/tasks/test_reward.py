@@ -308,6 +308,20 @@ def test_categories_come_from_the_argument_or_the_manifest(shards):
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
+def test_the_trained_criteria_survive_a_resume_and_the_argument_overrides_them():
+    trained = GenerativeRewardTask(paradigm="pointwise")
+    alignment, quality = trained.template.criteria["text-image alignment"], trained.template.criteria["visual quality"]
+    trained.trained_criteria.update({alignment: 3, quality: 1})
+    assert trained.export_criteria() == "text-image alignment"  # its template name
+    checkpoint: dict = {}
+    trained.on_save_checkpoint(checkpoint)
+    resumed = GenerativeRewardTask(paradigm="pointwise")
+    resumed.on_load_checkpoint(checkpoint)  # no state_dict: the records only
+    assert resumed.trained_criteria == trained.trained_criteria
+    assert GenerativeRewardTask(paradigm="pointwise", criteria="visual quality").export_criteria() == "visual quality"
+    assert GenerativeRewardTask(paradigm="pointwise").export_criteria() is None  # nothing trained: the template's
+
+
 def test_checkpoint_of_another_backbone_is_refused(tmp_path):
     import lightning as L
 
@@ -376,6 +390,17 @@ def test_cli_fit_exports_a_model_that_scores_like_the_task(shards, tmp_path, cap
     assert export is not None and (export / EXPORT_CONFIG).is_file() and (export / "config.json").is_file()
     record = json.loads((export / EXPORT_CONFIG).read_text())
     assert record["paradigm"] == "pairwise" and record["template"]["name"] == "default"
+    # The export asks with the criteria most training samples were asked with (the shards name theirs), not the
+    # template's default "overall", which no training sample used.
+    assert 0 < sum(task.trained_criteria.values()) <= 8  # 2 steps of 4 samples, the point samples skipped
+    most_asked = task.trained_criteria.most_common(1)[0][0]
+    assert task.template.criteria[record["criteria"]] == most_asked != task.template.criteria["overall"]
+    assert (
+        RewardModel.from_pretrained(export)
+        .queries(["a red circle"], [_image("red")[0]], [_image("blue")[0]])[0]
+        .criteria
+        == most_asked
+    )
 
     # Named test sets are logged side by side.
     cli.trainer.test(task, datamodule=cli.datamodule, verbose=False)
