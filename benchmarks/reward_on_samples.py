@@ -6,8 +6,9 @@
 What RL and best-of-N inherit from a reward model is its ranking of the *generator's* samples, which may differ
 from its accuracy on the pairs it was trained and tested on. For each prompt this samples ``n`` images (fixed
 seeds; the generator's sampling defaults unless ``--steps`` / ``--guidance`` say otherwise: RL samples at its
-config's steps, e.g. 10 for configs/rl/shapes_nft.yaml), judges each with the oracle, and scores them with every reward model
-given (pairwise models in a both-orders round robin, as the RL references and best-of-N are chosen). Per model:
+config's steps, e.g. 10 for configs/rl/shapes_nft.yaml), judges each with the oracle, and scores them with every
+reward model given (pairwise models in a both-orders round robin, as the RL references and best-of-N are chosen).
+Per model:
 
 - pair accuracy: over all (oracle-correct, oracle-incorrect) pairs of a prompt's samples, how often the model
   scores the correct one higher (ties count half; 0.5 is chance), overall and per tag;

@@ -118,8 +118,8 @@ def generated(
     with atomic_output(out, folder=True) as tmp:
         summary = build_generated_pairs(
             generator, tmp, split=split, per_tag=per_tag, samples_per_prompt=samples_per_prompt, rounds=rounds,
-            max_pairs=max_pairs, tags=tuple(tags or TAGS), points=points, steps=steps, guidance_scale=guidance_scale, size=size,
-            seed=seed, shard_size=shard_size,
+            max_pairs=max_pairs, tags=tuple(tags or TAGS), points=points, steps=steps, guidance_scale=guidance_scale,
+            size=size, seed=seed, shard_size=shard_size,
         )  # fmt: skip
     summary = relocated(summary, tmp, out)
     accuracy = ", ".join(f"{tag} {value:.2f}" for tag, value in sorted(summary["oracle_accuracy"].items()))
