@@ -32,6 +32,9 @@ from rewarddance.shapes.rules import Judgement
 GENERATED_SOURCE = f"{SOURCE}-generated"
 """``Sample.source`` of generated pairs (rendered pairs carry ``shapes``)."""
 
+CRITERIA = "text-image alignment"
+"""What the oracle judges, so the criteria of every generated pair and point."""
+
 
 def pair_generated(
     images: Sequence[Any], meta: dict[str, Any], rng: np.random.Generator, *, max_pairs: int, key: str, model: str
@@ -68,7 +71,7 @@ def pair_generated(
                 second=[images[second]],
                 label="first" if good_first else "second",
                 soft_label=1.0 if good_first else 0.0,
-                criteria="text-image alignment",
+                criteria=CRITERIA,
                 rationale=f"{verdicts[first].sentence('Image 1')} {verdicts[second].sentence('Image 2')}",
                 source=GENERATED_SOURCE,
                 models=[model],
@@ -91,7 +94,7 @@ def point_generated(image: Any, verdict: Judgement, meta: dict[str, Any], *, key
         prompt=meta["prompt"],
         image=[image],
         answer="yes" if verdict.correct else "no",
-        criteria="text-image alignment",
+        criteria=CRITERIA,
         rationale=verdict.sentence("The image"),
         source=GENERATED_SOURCE,
         models=[model],

@@ -406,8 +406,7 @@ class RewardTask(RewardEvaluation):
         if self.hparams.criteria is not None or not self.trained_criteria:
             return self.hparams.criteria
         text = self.trained_criteria.most_common(1)[0][0]
-        names = [name for name, known in self.template.criteria.items() if known == text]
-        return names[0] if names else text
+        return next((name for name, known in self.template.criteria.items() if known == text), text)
 
     def export_head(self) -> RewardHead | None:
         return None  # the regressive task exports its head
