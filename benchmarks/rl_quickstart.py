@@ -1,6 +1,6 @@
 """The RL quickstart's oracle gain against its target: the shapes generator before and after RL, paired.
 
-    python benchmarks/rl_quickstart.py [--steps N] [--config configs/rl/shapes_refl.yaml] [-- extra fit args]
+    python benchmarks/rl_quickstart.py [--steps N] [--config configs/rl/shapes_nft.yaml] [-- extra fit args]
 
 Runs ``python -m rewarddance fit --config ...`` as a user would (the config's thread count, the bundled shapes
 generator and reward model, the config's step budget or ``--steps``), then judges the starting generator (the
@@ -266,7 +266,7 @@ def cached_baseline(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="RL steps (default: the config's trainer.max_steps)")
-    parser.add_argument("--config", default="configs/rl/shapes_refl.yaml")
+    parser.add_argument("--config", default="configs/rl/shapes_nft.yaml")
     parser.add_argument("--per-tag", type=int, default=40, help="held-out prompts per GenEval tag (at most)")
     parser.add_argument("--samples", type=int, default=4, help="images per held-out prompt (GenEval: 4), at least")
     parser.add_argument(
@@ -352,7 +352,7 @@ def main() -> None:
         record = {
             "config": args.config, "extra": args.extra, "steps": steps, "wall_s": wall, "cpu_s": cpu,
             "start": start, "tuned": end, "gain": gain, "val_curve": curve, "after": after,
-            "gain_at": {str(n): g for n, g in earlier.items()},
+            "gain_at": {str(n): g for n, g in earlier.items()}, "reward_std": std, "hacking_flags": flags,
         }  # fmt: skip
         args.out.write_text(json.dumps(record, indent=1))
     print(f"target: overall oracle gain >= 0.10: {gain['gain']:+.3f} ({'met' if gain['gain'] >= 0.10 else 'missed'})")

@@ -7,8 +7,10 @@ starting generator and against a control run, on the same held-out prompts and s
 
 Prints one Markdown row per run (docs/rl_recipe.md keeps the table): the config overrides, steps, wall and CPU
 seconds of the fit, held-out overall before and after with 95% intervals, the paired gain with its SE and bootstrap
-interval, per-tag gains, and the gain over the control run (paired over the same prompts and seeds: every run's
-held-out samples share their initial noise, so the difference between two tuned generators is paired too).
+interval, the gain over the control run (paired over the same prompts and seeds: every run's held-out samples
+share their initial noise, so the difference between two tuned generators is paired too), the run's reward std
+over its sliding window (first and last: how the paper's Figure 5 reads reward hacking) and hacking flags, and
+per-tag gains.
 """
 
 from __future__ import annotations
@@ -28,7 +30,25 @@ from rl_quickstart import HELDOUT, images_per_prompt, paired_gain  # a sibling s
 
 def _label(record: dict) -> str:
     overrides = [item.removeprefix("--model.init_args.").removeprefix("--data.init_args.") for item in record["extra"]]
-    return " ".join(o for o in overrides if not o.startswith("reward=")) or "(config as is)"
+    return " ".join(_short(o) for o in overrides) or "(config as is)"
+
+
+def _short(override: str) -> str:
+    """A reward given as JSON by its model's folder name and reference choice, not its whole text."""
+    if not override.startswith("reward={"):
+        return override
+    reward = json.loads(override.removeprefix("reward="))
+    name = Path(str(reward.get("path", reward.get("kind")))).name
+    name = Path(str(reward["path"])).parent.name if name == "export" else name  # <run>/export: the run's name
+    return f"reward={name} references={reward.get('which', 'top')}-{reward.get('top_k', '')}"
+
+
+def _variance(record: dict) -> str:
+    """The run's reward std over its sliding window, first and last logged, and its hacking flags (Fig. 5's reading)."""
+    std, flags = record.get("reward_std") or [], record.get("hacking_flags") or []
+    if not std:
+        return "-"
+    return f"{std[0]:.3f} -> {std[-1]:.3f}, flagged {int(sum(flags))}/{len(flags)}"
 
 
 def row(record: dict, control: dict | None) -> str:
@@ -42,7 +62,8 @@ def row(record: dict, control: dict | None) -> str:
         f"| {_label(record)} | {record['steps']} | {record['wall_s']:.0f} / {record['cpu_s']:.0f} | "
         f"{start['geneval']:.3f} [{start['ci'][0]:.3f}, {start['ci'][1]:.3f}] | "
         f"{tuned['geneval']:.3f} [{tuned['ci'][0]:.3f}, {tuned['ci'][1]:.3f}] | "
-        f"{gain['gain']:+.3f} (SE {gain['se']:.3f}) [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}] | {versus} | {tags} |"
+        f"{gain['gain']:+.3f} (SE {gain['se']:.3f}) [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}] | {versus} | "
+        f"{_variance(record)} | {tags} |"
     )
 
 
@@ -85,8 +106,8 @@ def main() -> None:
     if args.control and control is None:
         control = json.loads(args.control.read_text())
     print("| overrides | steps | fit wall / CPU s | held-out start (95%) | tuned (95%) | paired gain (SE) [95% CI] "
-          "| vs control, paired [95% CI] | per-tag gain (SE) |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| vs control, paired [95% CI] | reward std (window), hacking flags | per-tag gain (SE) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for path, record in records.items():
         print(row(record, control if path != args.control else None))
 

@@ -274,3 +274,23 @@ def test_rl_generator_checkpoint_exports_a_pipeline_with_the_adapter(tmp_path):
         start = adapter_for(load_generator("tiny-sd3")).model_output(latents, 1, context)  # seeded: the run's start
     torch.testing.assert_close(ours, tuned, atol=1e-4, rtol=1e-4)
     assert (start - tuned).abs().max() > 1e-3  # the tuned adapter is in the export, not the starting model
+
+
+@pytest.mark.timeout(120)
+def test_refl_checkpoint_with_the_reference_anchor_builds_for_export():
+    """A ReFL run's anchor loss trains on its pairwise reward model's references; the export's stand-in reward
+    chooses none, so the export turns the anchor off instead of refusing the checkpoint (it refused before)."""
+    from rewarddance.commands.export import build_task
+
+    hparams = {
+        "_class_path": "rewarddance.tasks.GeneratorRLTask",
+        "generator": "tiny-sd3",
+        "algorithm": "refl",
+        "reward": {"kind": "reward_model", "path": "/elsewhere/rm/export", "best_of_n": 16, "top_k": 2},
+        "refl": {"t_min": 2, "t_max": 3, "hinge": None, "scale": 1.0, "anchor_weight": 30.0, "anchor_steps": None},
+        "num_inference_steps": 4,
+        "eval_every": None,
+    }
+    task = build_task({"hyper_parameters": hparams})
+    assert task.refl_settings.anchor_weight == 0.0
+    assert (task.refl_settings.t_min, task.refl_settings.t_max) == (2, 3)  # the rest of the run's settings kept

@@ -1,4 +1,5 @@
-"""benchmarks/rl_quickstart.py ``--at``: a run's earlier checkpoints kept, exported as a user would, and reusable.
+"""benchmarks/rl_quickstart.py ``--at``: a run's earlier checkpoints kept, exported as a user would, and reusable;
+benchmarks/rl_recipe.py's rows.
 
 Slow (two tiny GRPO steps and an export, ~25 s); the held-out judging itself is not run here (minutes of sampling).
 """
@@ -40,3 +41,19 @@ def test_at_keeps_and_exports_an_earlier_step(quickstart, tmp_path):
         quickstart.fit("configs/rl/shapes_grpo.yaml", 2, tmp_path, extra)
     with pytest.raises(SystemExit, match="no checkpoint of step 3"):
         quickstart.export_checkpoint(tmp_path, 3)
+
+
+def test_recipe_table_names_the_reward_and_reads_the_variance(monkeypatch):
+    """benchmarks/rl_recipe.py: a reward given as JSON is named by its model and references (two arms of Table 8
+    differ only there), and the run's reward std and hacking flags are printed (Figure 5's reading)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import rl_recipe
+
+    reward = {"kind": "reward_model", "path": "runs/rm/export", "best_of_n": 16, "top_k": 2, "which": "bottom"}
+    record = {"extra": ["--seed_everything=1", f"--model.init_args.reward={json.dumps(reward)}"]}
+    assert rl_recipe._label(record) == "--seed_everything=1 reward=rm references=bottom-2"
+    assert rl_recipe._label({"extra": ["--model.init_args.reward=shapes-oracle"]}) == "reward=shapes-oracle"
+    assert rl_recipe._variance({"reward_std": [0.14, 0.2, 0.25], "hacking_flags": [0, 1, 1]}) == (
+        "0.140 -> 0.250, flagged 2/3"
+    )
+    assert rl_recipe._variance({}) == "-"  # records written before these fields

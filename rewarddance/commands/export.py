@@ -35,6 +35,7 @@ the checkpoint must hold no parameter the task lacks) and the task writes its ow
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Mapping
@@ -158,8 +159,10 @@ def build_task(
         run_config: The run's YAML file(s); their ``model`` section fills in what the checkpoint lacks.
         reward: :class:`GeneratorRLTask` only: the reward it is built with. The export does not use the
             reward, and the run's may be unavailable here (a reward-model folder elsewhere, or a callable
-            that only existed in the run's session), so a cheap built-in one stands in.
+            that only existed in the run's session), so a cheap built-in one stands in; ReFL's anchor loss on
+            the reward's references, which trains nothing at export, is turned off with it.
     """
+    from rewarddance.rl.settings import ReFLSettings, as_settings
     from rewarddance.tasks import GeneratorRLTask
 
     files = [run_config] if isinstance(run_config, str) else list(run_config or [])
@@ -169,6 +172,9 @@ def build_task(
     kwargs = _init_kwargs(cls, hparams, config)
     if issubclass(cls, GeneratorRLTask):
         kwargs["reward"] = reward
+        refl = as_settings(kwargs.get("refl"), ReFLSettings)
+        if refl is not None and refl.anchor_weight > 0:  # its loss needs references, which the stand-in chooses none of
+            kwargs["refl"] = dataclasses.asdict(dataclasses.replace(refl, anchor_weight=0.0))
     task = cls(**kwargs)
     task.configure_model()
     return task
