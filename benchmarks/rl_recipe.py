@@ -38,8 +38,10 @@ def _short(override: str) -> str:
     if not override.startswith("reward={"):
         return override
     reward = json.loads(override.removeprefix("reward="))
-    name = Path(str(reward.get("path", reward.get("kind")))).name
-    name = Path(str(reward["path"])).parent.name if name == "export" else name  # <run>/export: the run's name
+    if "path" not in reward:  # {class_path: ..., init_args: ...}: the class
+        return f"reward={str(reward.get('class_path', reward.get('kind'))).rsplit('.', 1)[-1]}"
+    folder = Path(str(reward["path"]))
+    name = folder.parent.name if folder.name == "export" else folder.name  # <run>/export: the run's name
     return f"reward={name} references={reward.get('which', 'top')}-{reward.get('top_k', '')}"
 
 

@@ -53,6 +53,8 @@ def test_recipe_table_names_the_reward_and_reads_the_variance(monkeypatch):
     record = {"extra": ["--seed_everything=1", f"--model.init_args.reward={json.dumps(reward)}"]}
     assert rl_recipe._label(record) == "--seed_everything=1 reward=rm references=bottom-2"
     assert rl_recipe._label({"extra": ["--model.init_args.reward=shapes-oracle"]}) == "reward=shapes-oracle"
+    combined = {"class_path": "rewarddance.rl.combined.CombinedReward", "init_args": {"components": []}}
+    assert rl_recipe._label({"extra": [f"--model.init_args.reward={json.dumps(combined)}"]}) == "reward=CombinedReward"
     assert rl_recipe._variance({"reward_std": [0.14, 0.2, 0.25], "hacking_flags": [0, 1, 1]}) == (
         "0.140 -> 0.250, flagged 2/3"
     )
