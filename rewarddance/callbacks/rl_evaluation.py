@@ -144,6 +144,7 @@ class RLEvaluation:
                     for p, part in enumerate(parts):
                         totals[2 * len(tags) + p] += float(verdict.parts.get(part, math.nan))
                 base = 2 * len(tags) + len(parts)
+                rewards = task.reward.monitored(rewards)  # a group-normalised reward's raw scores
                 totals[base] += float(rewards.float().sum())
                 totals[base + 1] += rewards.numel()
                 if n > 1:

@@ -116,6 +116,7 @@ class CombinedReward(Reward):
             self.names.append(name)
         self.eps = eps
         self._last: dict[str, float] = {}
+        self._raw_sum: Tensor | None = None
 
     @property
     def differentiable(self) -> bool:  # type: ignore[override]
@@ -153,7 +154,7 @@ class CombinedReward(Reward):
         groups = prompt_groups(prompts)
         # Remote components start first (submit), so their servers work while in-process ones compute.
         pending = [r.submit(images, prompts, metadata) if hasattr(r, "submit") else None for r in self.rewards]
-        parts = []
+        parts, raws = [], []
         self._last = {}
         for name, reward, weight, how, future in zip(
             self.names, self.rewards, self.weights, self.normalizations, pending
@@ -164,7 +165,16 @@ class CombinedReward(Reward):
                 raise ValueError(f"combined reward: component {name!r} gave {raw.numel()} rewards for {len(prompts)}")
             self._last.update(self._statistics(name, raw.detach().float(), groups))
             parts.append(weight * normalize_in_groups(raw, groups, how, self.eps))
+            raws.append(weight * raw.detach().float())
+        self._raw_sum = torch.stack(raws).sum(dim=0)
         return torch.stack(parts).sum(dim=0)
+
+    def monitored(self, rewards: Tensor) -> Tensor:
+        """The weighted sum of the components' raw rewards of the last call: the returned sum is normalised within
+        prompt groups (zero mean per group with ``zscore`` or ``rank``), so only the raw scores can show a rise."""
+        if self._raw_sum is None or self._raw_sum.numel() != rewards.numel():
+            raise RuntimeError("CombinedReward.monitored: call the reward on these samples first")
+        return self._raw_sum
 
     @staticmethod
     def _statistics(name: str, raw: Tensor, groups: Tensor) -> dict[str, float]:

@@ -146,6 +146,11 @@ class Reward:
         """``[B]`` rewards, differentiable with respect to ``images``."""
         raise NotImplementedError
 
+    def monitored(self, rewards: Tensor) -> Tensor:
+        """What the reward-hacking check follows for the last call, whose result was ``rewards``: the rewards
+        themselves, unless they are normalised within prompt groups (then their mean cannot trend)."""
+        return rewards
+
 
 class CallableReward(Reward):
     """A plain function as a reward: ``fn(images, prompts, metadata)``, or ``fn(images, prompts)``.

@@ -54,6 +54,13 @@ def test_weighted_sum_of_normalised_components_and_flat_one_is_logged():
     logs = reward.log_values()
     assert logs["flat/std"] == 0.0 and logs["flat/flat_groups"] == 1.0 and logs["flat/mean"] == pytest.approx(0.7)
     assert logs["bright/std"] > 0 and logs["bright/flat_groups"] == 0.0
+    # The hacking check follows the raw scores: the returned sum has zero mean in every group, whatever the images.
+    assert total.sum().abs() < 1e-5
+    before = reward.monitored(total)  # of the last call
+    torch.testing.assert_close(before, 2.0 * brightness(images, prompts) + 0.7)
+    brighter = reward(images + 0.1, prompts, [{}] * 6)
+    assert reward.monitored(brighter).mean() > before.mean() + 0.19  # the rise the check must see
+    torch.testing.assert_close(brighter, total)  # ...which the normalised sum hides
 
 
 def test_zscore_only_components_stay_differentiable():
