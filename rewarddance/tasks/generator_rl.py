@@ -110,7 +110,8 @@ class GeneratorRLTask(GroupUpdates):
             optimizer steps (and before the first); null or 0: never.
         eval_samples_per_prompt: Samples per evaluation prompt (2 or more also measure diversity per prompt).
         eval_batch_size: Evaluation prompts sampled together.
-        reward_window: Iterations in the sliding window of the reward std (the paper: 1,000).
+        reward_window: Iterations in the sliding window of the reward std (the paper: 1,000); the std of
+            ``Reward.monitored``, for a combined reward its components' raw scores.
         hacking_window: Steps the reward-hacking check fits its trends over; null: 5 x ``eval_every``.
         hacking_signal: Oracle series compared with the reward: ``parts`` (mean of per-part scores, informative
             early) or ``geneval`` (all-or-nothing GenEval overall).
@@ -334,14 +335,14 @@ class GeneratorRLTask(GroupUpdates):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
 
     def _record_rewards(self, rewards: Tensor, images: Tensor, batch_size: int) -> None:
-        r = rewards.detach().float()
+        assert self.reward is not None
+        r = self.reward.monitored(rewards).detach().float()  # a group-normalised reward's raw scores: they can move
         self.reward_variance.update(r)
         window_std = float(self.reward_variance.compute())
         std = float(r.std()) if r.numel() > 1 else 0.0
         self.log("train/reward", r.mean(), prog_bar=True, batch_size=batch_size)
         self.log("train/reward_std", std, batch_size=batch_size)
         self.log("train/reward_window_std", window_std, batch_size=batch_size)
-        assert self.reward is not None
         for key, value in self.reward.log_values().items():
             self.log(f"reward/{key}", value, batch_size=batch_size)
         pixel_std = self.check_collapse(images)

@@ -309,6 +309,20 @@ def test_oracle_evaluation_logs_per_tag_scores(tmp_path: Path, prompts_jsonl: st
     assert any(r.get("train/reward_window_std") for r in rows)
 
 
+def test_a_group_normalised_reward_is_tracked_by_its_raw_scores(tmp_path: Path, prompts_jsonl: str):
+    """The reward variance and the hacking check follow a combined reward's raw scores (``Reward.monitored``): its
+    sum, z-scored within each prompt's group, has mean 0 whatever the images, so they could never see a rise."""
+    combined = {"kind": "combined", "components": [{"reward": "shapes-color", "normalize": "zscore"}]}
+    task = GeneratorRLTask(
+        algorithm="nft", nft={"group_size": 2}, num_inference_steps=4, eval_every=1, eval_samples_per_prompt=2,
+        reward=combined,
+    )  # fmt: skip
+    trainer = _trainer(tmp_path, steps=1)
+    trainer.fit(task, datamodule=_data(prompts_jsonl, val="shapes:test-id", val_per_tag=1))
+    assert task.history["train"]["reward_mean"][0] > 0.01  # the colour scores, not their z-scores
+    assert all(value > 0.01 for value in task.history["eval"]["reward"])
+
+
 def test_reward_rising_while_the_oracle_stalls_is_flagged():
     task = GeneratorRLTask(eval_every=10)  # hacking window: 50 steps
     for step, value in [(0, 0.2), (10, 0.3), (20, 0.4)]:  # both rise: fine
