@@ -49,17 +49,16 @@ generated() {  # generated GENERATOR OUT SEED [more args] : oracle-judged sample
         --guidance_scale 2.0 "$@" > "$dest.log" 2>&1
 }
 
+r1_opts=(--samples_per_prompt 8 --max_pairs 6)  # round 1 and the held-out sets
+r2_opts=(--samples_per_prompt 16 --max_pairs 20 --points true)
+
 lane() {  # lane ROUND TAGS ROUNDS SEEDBASE NAME GENERATOR... : one tag group's data from each generator in turn
     local round=$1 tags=$2 n=$3 base=$4 name=$5 g=0 gen
+    local -n opts=${round}_opts
     shift 5
     for gen in "$@"; do
-        if [[ $round == r1 ]]; then
-            generated "$gen" "$out/r1/train-$name-g$g" $((base + g)) --tags "$tags" --per_tag "$many" \
-                --rounds "$(rounds "$n")" --samples_per_prompt 8 --max_pairs 6
-        else
-            generated "$gen" "$out/r2/train-$name-g$g" $((base + g)) --tags "$tags" --per_tag "$many" \
-                --rounds "$(rounds "$n")" --samples_per_prompt 16 --max_pairs 20 --points true
-        fi
+        generated "$gen" "$out/$round/train-$name-g$g" $((base + g)) --tags "$tags" --per_tag "$many" \
+            --rounds "$(rounds "$n")" "${opts[@]}"
         g=$((g + 1))
     done
 }
@@ -75,9 +74,8 @@ rare='[position, color_attr]' few='[counting, two_object, colors, single_object]
 { lane r1 "$rare" 1 100 a "${r1[@]}"; lane r2 "$rare" 1 500 a "${r2[@]}"; } &
 { lane r1 "$few" 4 200 b "${r1[@]}"; lane r2 "$few" 4 600 b "${r2[@]}"; } &
 wait
-generated "$early" "$out/val-base" 300 --split val --per_tag "$held" --rounds "$(rounds 2)" \
-    --samples_per_prompt 8 --max_pairs 6 &
+generated "$early" "$out/val-base" 300 --split val --per_tag "$held" --rounds "$(rounds 2)" "${r1_opts[@]}" &
 generated "$p/s1-r4/step=$(scale 800)" "$out/val-s1" 301 --split val --per_tag "$held" --rounds "$(rounds 2)" \
-    --samples_per_prompt 8 --max_pairs 6 &
+    "${r1_opts[@]}" &
 wait
 du -sh "$out"
