@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -234,6 +235,33 @@ def paired_gain(before: dict[str, Any], after: dict[str, Any], resamples: int = 
     }
 
 
+def heldout_hacking(gain: dict[str, Any], reward_rise: float, min_rise: float = 0.02, alpha: float = 0.05) -> dict:
+    """Reward hacking read on the held-out set: the run's reward rose (by ``min_rise`` or more on its val prompts)
+    while the oracle, on the held-out prompts, fell significantly, overall or in a tag.
+
+    A fall counts where the paired gain is below ``-z`` standard errors, ``z`` the one-sided ``alpha`` level
+    Bonferroni-corrected over overall and the tags (2.45 for 6 tags at 5%), so that a generator that did not change
+    is flagged by chance in at most ``alpha`` of runs. The run's own check (a trend over a window of 48-image
+    evaluations) follows its sample's noise about as much as the policy; this one has the held-out set's power
+    (docs/generated_pairs.md).
+    """
+    tests = {"overall": (gain["gain"], gain["se"]), **gain["per_tag"]}
+    z = NormalDist().inv_cdf(1 - alpha / len(tests))
+    fell = {name: value / se for name, (value, se) in tests.items() if se > 0 and value / se < -z}
+    return {"flag": reward_rise >= min_rise and bool(fell), "fell": fell, "z": z, "reward_rise": reward_rise}
+
+
+def hacking_line(check: dict[str, Any]) -> str:
+    fell = ", ".join(f"{name} z {value:+.1f}" for name, value in check["fell"].items()) or "nothing"
+    verdict = "FLAGGED" if check["flag"] else "not flagged"
+    if math.isnan(check["reward_rise"]):
+        verdict = "not available (the run logged no reward on its val prompts: eval_every 0)"
+    return (
+        f"held-out hacking check: {verdict} (reward on the run's val prompts {check['reward_rise']:+.3f}; "
+        f"fell significantly, z < -{check['z']:.2f}: {fell})"
+    )
+
+
 def run_metrics(root: Path) -> dict[str, list[float]]:
     """Columns of the run's metrics.csv (NaN-free values only)."""
     files = sorted(root.rglob("metrics.csv"))
@@ -347,12 +375,15 @@ def main() -> None:
     for n, g in {**earlier, steps: gain}.items():  # the held-out gain along the run, same prompts and seeds
         low, high = g["ci"]
         print(f"held-out gain at step {n}: {g['gain']:+.3f} (SE {g['se']:.3f}) [{low:+.3f}, {high:+.3f}]")
+    hacking = heldout_hacking(gain, reward[-1] - reward[0] if reward else math.nan)
+    print(hacking_line(hacking))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "config": args.config, "extra": args.extra, "steps": steps, "wall_s": wall, "cpu_s": cpu,
             "start": start, "tuned": end, "gain": gain, "val_curve": curve, "after": after,
             "gain_at": {str(n): g for n, g in earlier.items()}, "reward_std": std, "hacking_flags": flags,
+            "reward_curve": reward, "heldout_hacking": hacking,
         }  # fmt: skip
         args.out.write_text(json.dumps(record, indent=1))
     print(f"target: overall oracle gain >= 0.10: {gain['gain']:+.3f} ({'met' if gain['gain'] >= 0.10 else 'missed'})")

@@ -46,11 +46,17 @@ def _short(override: str) -> str:
 
 
 def _variance(record: dict) -> str:
-    """The run's reward std over its sliding window, first and last logged, and its hacking flags (Fig. 5's reading)."""
+    """The run's reward std over its sliding window, first and last logged, its own hacking flags (Fig. 5's
+    reading) and the held-out hacking check (``rl_quickstart.heldout_hacking``), where the record has them."""
     std, flags = record.get("reward_std") or [], record.get("hacking_flags") or []
     if not std:
         return "-"
-    return f"{std[0]:.3f} -> {std[-1]:.3f}, flagged {int(sum(flags))}/{len(flags)}"
+    text = f"{std[0]:.3f} -> {std[-1]:.3f}, flagged {int(sum(flags))}/{len(flags)}"
+    check = record.get("heldout_hacking")
+    if check is not None:
+        fell = ", ".join(check["fell"])
+        text += f"; held-out: {'FLAGGED (' + fell + ')' if check['flag'] else 'not flagged'}"
+    return text
 
 
 def row(record: dict, control: dict | None) -> str:

@@ -59,3 +59,24 @@ def test_recipe_table_names_the_reward_and_reads_the_variance(monkeypatch):
         "0.140 -> 0.250, flagged 2/3"
     )
     assert rl_recipe._variance({}) == "-"  # records written before these fields
+
+
+def test_heldout_hacking_check_flags_a_significant_fall_only(quickstart, monkeypatch):
+    """A tag that fell by 3.6 SE while the reward rose is hacking; a fall inside the noise (z -1.6) or the same fall
+    without a reward rise is not (the corrected level, 2.45 SE for overall + 6 tags, keeps chance flags at 5%)."""
+    tags = {"colors": (-0.08, 0.04), "counting": (-0.18, 0.05), "position": (0.0, 0.02), "single_object": (0.05, 0.04),
+            "two_object": (0.08, 0.06), "color_attr": (0.01, 0.03)}  # fmt: skip
+    gain = {"gain": -0.025, "se": 0.018, "per_tag": tags}
+    check = quickstart.heldout_hacking(gain, reward_rise=0.13)
+    assert check["flag"] and list(check["fell"]) == ["counting"]
+    assert check["z"] == pytest.approx(2.45, abs=0.005)
+    assert "FLAGGED" in quickstart.hacking_line(check) and "counting z -3.6" in quickstart.hacking_line(check)
+    assert not quickstart.heldout_hacking(gain, reward_rise=0.0)["flag"]  # the reward did not rise
+    noisy = {**gain, "per_tag": {**tags, "counting": (-0.11, 0.07)}}
+    assert not quickstart.heldout_hacking(noisy, reward_rise=0.13)["flag"]
+    assert "not available" in quickstart.hacking_line(quickstart.heldout_hacking(gain, reward_rise=float("nan")))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import rl_recipe
+
+    record = {"reward_std": [0.1, 0.2], "hacking_flags": [0, 0], "heldout_hacking": check}
+    assert rl_recipe._variance(record) == "0.100 -> 0.200, flagged 0/2; held-out: FLAGGED (counting)"
