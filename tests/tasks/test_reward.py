@@ -193,6 +193,15 @@ def test_reasons_first_generates_then_scores():
     assert scores.shape == (2, 2) and (scores < 0).all()
 
 
+def test_freeze_projector_leaves_only_the_language_model_trainable():
+    task = GenerativeRewardTask(freeze_vision=True, freeze_projector=True)
+    task.configure_model()
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in task.model.named_parameters() if not p.requires_grad}
+    assert any(".merger." in n for n in frozen) and any(".visual." in n for n in frozen)
+    assert trainable and not any(".visual." in n for n in trainable)  # Qwen2-VL's merger sits inside .visual
+
+
 def test_yes_word_must_be_one_token():
     with pytest.raises(ValueError, match="single token"):
         GenerativeRewardTask(yes_word="yes indeed").configure_model()

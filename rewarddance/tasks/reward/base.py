@@ -59,6 +59,8 @@ class RewardTask(RewardEvaluation):
             size such as ``8B``), ``dtype``, tiny-size overrides (``hidden_size``...).
         lora: LoRA settings (adapters on the language model), or null for full fine-tuning.
         freeze_vision: Freeze the vision encoder.
+        freeze_projector: Freeze the vision-to-language projector too (Qwen's merger, InternVL's
+            ``multi_modal_projector``): only the language model learns.
         gradient_checkpointing: Recompute activations in the backward pass.
         template: Template name (``default``, ``short``), YAML path, or mapping (see ``rewarddance/judge/templates``).
         criteria: Criteria name of the template (or a criteria text) for samples without
@@ -93,6 +95,7 @@ class RewardTask(RewardEvaluation):
         backbone_kwargs: dict[str, Any] | None = None,
         lora: LoraSettings | None = None,
         freeze_vision: bool = False,
+        freeze_projector: bool = False,
         gradient_checkpointing: bool = False,
         template: str | dict[str, Any] = "default",
         criteria: str | None = None,
@@ -151,6 +154,7 @@ class RewardTask(RewardEvaluation):
             backbone.model,
             self.lora_settings,
             freeze_vision=self.hparams.freeze_vision,
+            freeze_projector=self.hparams.freeze_projector,
             gradient_checkpointing=self.hparams.gradient_checkpointing,
         )
         # load_backbone returns eval mode; Lightning keeps module modes as it finds them, and
