@@ -59,8 +59,8 @@ class RewardTask(RewardEvaluation):
             size such as ``8B``), ``dtype``, tiny-size overrides (``hidden_size``...).
         lora: LoRA settings (adapters on the language model), or null for full fine-tuning.
         freeze_vision: Freeze the vision encoder.
-        freeze_projector: Freeze the vision-to-language projector too (Qwen's merger, InternVL's
-            ``multi_modal_projector``): only the language model learns.
+        freeze_projector: Freeze the vision-to-language projector (Qwen's merger, InternVL's
+            ``multi_modal_projector``); with ``freeze_vision``, only the language model learns.
         gradient_checkpointing: Recompute activations in the backward pass.
         template: Template name (``default``, ``short``), YAML path, or mapping (see ``rewarddance/judge/templates``).
         criteria: Criteria name of the template (or a criteria text) for samples without
