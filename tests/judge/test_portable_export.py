@@ -94,7 +94,7 @@ def test_plain_transformers_reproduces_score(
 CRITERIA = ["visual quality", "  Which {media} has <image> fewer artifacts? "]
 
 
-@pytest.mark.parametrize("name", ["shapes-rm-pairwise", "shapes-rm-onpolicy"])
+@pytest.mark.parametrize("name", ["shapes-rm-pairwise", "shapes-rm-onpolicy", "shapes-rm-onpolicy-cot"])
 def test_bundled_reward_model_loads_in_plain_transformers(tmp_path: Path, name: str) -> None:
     folder = Path(__file__).resolve().parents[2] / "data" / "reward_models" / name
     images, references = [_noise(5, 64, 64), _noise(6, 64, 64)], [_noise(7, 64, 64), _noise(8, 64, 64)]
