@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,22 @@ def test_freeze_projector_leaves_only_the_language_model_trainable():
     frozen = {n for n, p in task.model.named_parameters() if not p.requires_grad}
     assert any(".merger." in n for n in frozen) and any(".visual." in n for n in frozen)
     assert trainable and not any(".visual." in n for n in trainable)  # Qwen2-VL's merger sits inside .visual
+
+
+def test_an_export_asked_unlike_its_training_warns(tmp_path):
+    """A rationale-trained export tested without its rationale format reads another question: warned, naming it."""
+    folder = GenerativeRewardTask(paradigm="pairwise", rationale_format="judgment_first").export_to(tmp_path / "rm")
+    with pytest.warns(UserWarning, match=r"rationale_format 'judgment_first' \(this task: 'none'\)"):
+        GenerativeRewardTask(paradigm="pairwise", backbone=str(folder)).configure_model()
+    with pytest.warns(UserWarning, match=r"paradigm 'pairwise' \(this task: 'pointwise'\)"):
+        GenerativeRewardTask(
+            paradigm="pointwise", backbone=str(folder), rationale_format="judgment_first"
+        ).configure_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked as trained: silent
+        GenerativeRewardTask(
+            paradigm="pairwise", backbone=str(folder), rationale_format="judgment_first"
+        ).configure_model()
 
 
 def test_yes_word_must_be_one_token():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from peft import PeftModel
 from torch import Tensor, nn
 
@@ -21,7 +23,7 @@ from rewarddance.distributed import is_sharded, shard_task, unsharded_copy
 from rewarddance.errors import UsageError
 from rewarddance.judge.batch import BadInputPolicy, QueryEncoder, RewardBatch, RewardCollator, SampleRows, TiePolicy
 from rewarddance.judge.examples import ExampleRetriever, RetrievalMode, pool_to_json, sample_tag
-from rewarddance.judge.export import export_reward_model
+from rewarddance.judge.export import EXPORT_CONFIG, export_reward_model
 from rewarddance.judge.losses import pair_label_to_target
 from rewarddance.judge.prompting import (
     Query,
@@ -163,7 +165,37 @@ class RewardTask(RewardEvaluation):
         self.backbone = backbone
         self.model = backbone.model
         self.build_heads()
+        self.warn_if_asked_unlike_the_export()
         shard_task(self)
+
+    # The settings of rewarddance_reward.json that decide what the model reads and where its answer is read.
+    QUERY_SETTINGS = ("kind", "paradigm", "template_name", "rationale_format", "yes_word", "no_word")
+
+    def warn_if_asked_unlike_the_export(self) -> None:
+        """Warn when the backbone is a reward-model export that this task asks differently from its training.
+
+        An export's weights say nothing of the question they were trained on; `rewarddance_reward.json` does. Tested
+        with other settings (e.g. `test` on a rationale-trained export without its `rationale_format`), a model
+        reads a question it never saw and scores lower without any error (measured: 0.547 instead of 0.583 on
+        held-out generated pairs, docs/generated_pairs.md). Fine-tuning into another format is legitimate, so this
+        warns and does not refuse.
+        """
+        record = Path(str(self.hparams.backbone)) / EXPORT_CONFIG
+        if not record.is_file():
+            return
+        trained = json.loads(record.read_text())
+        here = self.export_config()
+        differ = [
+            f"{key} {trained[key]!r} (this task: {here[key]!r})"
+            for key in self.QUERY_SETTINGS
+            if key in trained and trained[key] != here.get(key)
+        ]
+        if differ:
+            rank_zero_warn(
+                f"backbone {self.hparams.backbone} is a reward model trained with {', '.join(differ)}: this task "
+                "asks it another question. To evaluate it as trained, set the same values (model.init_args); to "
+                "fine-tune it into the new format, ignore this."
+            )
 
     @property
     def lora_settings(self) -> LoraSettings | None:
