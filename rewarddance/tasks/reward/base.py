@@ -174,8 +174,8 @@ class RewardTask(RewardEvaluation):
     def warn_if_asked_unlike_the_export(self) -> None:
         """Warn when the backbone is a reward-model export that this task asks differently from its training.
 
-        An export's weights say nothing of the question they were trained on; `rewarddance_reward.json` does. Tested
-        with other settings (e.g. `test` on a rationale-trained export without its `rationale_format`), a model
+        An export's weights say nothing of the question they were trained on; ``rewarddance_reward.json`` does. Tested
+        with other settings (``test`` on a rationale-trained export without its ``rationale_format``), a model
         reads a question it never saw and scores lower without any error (measured: 0.547 instead of 0.583 on
         held-out generated pairs, docs/generated_pairs.md). Fine-tuning into another format is legitimate, so this
         warns and does not refuse.
