@@ -186,7 +186,7 @@ class RewardTask(RewardEvaluation):
         trained = json.loads(record.read_text())
         here = self.export_config()
         differ = [
-            f"{key} {trained[key]!r} (this task: {here[key]!r})"
+            f"{key} {trained[key]!r} (this task: {here.get(key)!r})"
             for key in self.QUERY_SETTINGS
             if key in trained and trained[key] != here.get(key)
         ]
