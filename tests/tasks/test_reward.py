@@ -124,6 +124,25 @@ def test_pairwise_loss_is_yes_no_ce_over_both_orders():
     torch.testing.assert_close(task.loss_terms(batch)["pair"], expected)
 
 
+def test_a_batch_of_only_skipped_samples_is_a_counted_skip_without_a_warning(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    task = GenerativeRewardTask(optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    samples = [_point("p"), _point("q"), _pair("a", "first"), _pair("b", "second")]  # batch 1: points only
+    loader = DataLoader(samples, batch_size=2, collate_fn=task.collate)
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        trainer.fit(task, train_dataloaders=loader)
+    assert trainer.global_step == 2  # both batches were steps; the first trained nothing
+    assert trainer.callback_metrics["train/points_skipped"].item() == 2
+    assert not [w for w in shown if "returned `None`" in str(w.message)], [str(w.message) for w in shown]
+
+
 def test_ties_soft_or_excluded_and_counted():
     samples = [_pair("a", "first"), _pair("t", "tie")]
     soft = GenerativeRewardTask(ties="soft").collate(samples)

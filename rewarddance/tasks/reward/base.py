@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -348,7 +350,14 @@ class RewardTask(RewardEvaluation):
         for name, value in batch.counts.items():
             self.log(f"train/{name}", float(value), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=size)
         if batch.inputs is None:
-            return None  # every sample skipped (counted above)
+            # Every sample was skipped (counted above). Lightning warns on any None from training_step
+            # in case it is a mistake; this one is deliberate, so exactly that message goes.
+            warnings.filterwarnings(
+                "ignore",
+                message=re.escape("`training_step` returned `None`"),
+                module=r"lightning\.pytorch\.loops\.optimization\.automatic",
+            )
+            return None
         real = int((~batch.pair_padding).sum()) + int((~batch.point_padding).sum())
         self.trained_conditions.update({True} if batch.conditioned else set())
         self.trained_conditions.update({False} if batch.conditioned < real else set())
