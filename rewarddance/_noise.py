@@ -18,11 +18,6 @@ user to do anything:
   hosted services (litlogger, litmodels) whenever those packages are not installed
   (``logger_connector.py``, ``callback_connector.py``, logged through ``rank_zero_info``).
 
-One more is silenced only where rewarddance causes it on purpose: Lightning warns whenever ``training_step``
-returns None, in case it is a mistake; a reward task returns None for a batch whose every sample it skipped (a
-counted skip), and calls :func:`silence_deliberate_skipped_step` just then, so a subclass that returns None by
-mistake elsewhere is still warned (tests/tasks/test_reward.py).
-
 Each filter matches its message's exact wording and origin, so any other warning still shows.
 tests/test_noise.py checks that ``python -m rewarddance --help`` prints nothing on stderr and that
 Lightning's loader still warns when rewarddance is not imported (so the filter is still needed).
@@ -72,13 +67,4 @@ def silence_known_noise() -> None:
         message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
-    )
-
-
-def silence_deliberate_skipped_step() -> None:
-    """Drop Lightning's "`training_step` returned `None`" warning (call it where the None is deliberate)."""
-    warnings.filterwarnings(
-        "ignore",
-        message=re.escape("`training_step` returned `None`"),
-        module=r"lightning\.pytorch\.loops\.optimization\.automatic",
     )
