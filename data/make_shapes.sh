@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=data/shapes
 rm -rf "$out"
-for spec in "train 8000 0" "val 200 1" "test-id 500 2" "test-ood 500 3"; do
+for spec in "train 8000 0" "val 200 1" "test-id 2000 2" "test-ood 2000 3"; do
     read -r split samples seed <<<"$spec"
     python -m rewarddance data shapes --out "$out/$split" --split "$split" --samples "$samples" --seed "$seed" \
         --noise 0 --compress true

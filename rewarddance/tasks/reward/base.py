@@ -38,6 +38,7 @@ from rewarddance.judge.prompting import (
 from rewarddance.judge.readout import RewardHead
 from rewarddance.models import Backbone, LoraSettings, load_backbone, prepare_for_training, sample_frames
 from rewarddance.models.inputs import Visual
+from rewarddance.models.vision_cache import VisionFeatureCache, install_vision_cache
 from rewarddance.optimization import configure_optimization
 from rewarddance.tasks.reward.evaluation import RewardEvaluation
 
@@ -65,6 +66,11 @@ class RewardTask(RewardEvaluation):
         freeze_vision: Freeze the vision encoder.
         freeze_projector: Freeze the vision-to-language projector (Qwen's merger, InternVL's
             ``multi_modal_projector``); with ``freeze_vision``, only the language model learns.
+        vision_cache_mb: With ``freeze_vision``, keep up to this many megabytes of the vision encoder's
+            per-image features and encode only images not seen before (Qwen2-VL backbones; 0: off; off
+            under FSDP; the bundled shapes backbones need 16 KiB an image).
+            A fine-tuning run sees each image many times: after its first epoch the quickstart's steps
+            cost 0.90x the CPU (``benchmarks/vision_cache.py``). See :mod:`rewarddance.models.vision_cache`.
         gradient_checkpointing: Recompute activations in the backward pass.
         template: Template name (``default``, ``short``), YAML path, or mapping (see ``rewarddance/judge/templates``).
         criteria: Criteria name of the template (or a criteria text) for samples without
@@ -100,6 +106,7 @@ class RewardTask(RewardEvaluation):
         lora: LoraSettings | None = None,
         freeze_vision: bool = False,
         freeze_projector: bool = False,
+        vision_cache_mb: float = 0,
         gradient_checkpointing: bool = False,
         template: str | dict[str, Any] = "default",
         criteria: str | None = None,
@@ -123,6 +130,12 @@ class RewardTask(RewardEvaluation):
             # Plain data in checkpoints: they then load with torch.load(weights_only=True).
             self.hparams["lora"] = dataclasses.asdict(lora)  # type: ignore[arg-type]
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        if vision_cache_mb < 0 or (vision_cache_mb and not freeze_vision):
+            raise UsageError(
+                f"model.init_args.vision_cache_mb {vision_cache_mb}: megabytes >= 0, and > 0 only with "
+                "freeze_vision: true (a trained vision tower's features change every step)"
+            )
+        self.vision_cache: VisionFeatureCache | None = None
         self.template: Template = load_template(template)  # validated now: a broken template fails before training
         self.backbone: Backbone | None = None
         self.eval_metrics = nn.ModuleDict()
@@ -161,6 +174,15 @@ class RewardTask(RewardEvaluation):
             freeze_projector=self.hparams.freeze_projector,
             gradient_checkpointing=self.hparams.gradient_checkpointing,
         )
+        if self.hparams.vision_cache_mb and self.device_mesh is not None:
+            # A sharded tower gathers its weights in collectives every rank must join; a rank that
+            # serves its images from the cache would skip them and hang the others.
+            rank_zero_warn("vision_cache_mb is ignored under FSDP: every rank must run the sharded vision tower")
+        elif self.hparams.vision_cache_mb:
+            try:
+                self.vision_cache = install_vision_cache(backbone.model, self.hparams.vision_cache_mb)
+            except ValueError as error:
+                raise UsageError(f"model.init_args.vision_cache_mb: {error}; set it to 0 for this backbone") from None
         # load_backbone returns eval mode; Lightning keeps module modes as it finds them, and
         # gradient checkpointing only runs in training mode.
         backbone.model.train()
@@ -506,6 +528,12 @@ class RewardTask(RewardEvaluation):
             print(f"[rewarddance] export: {self.export_path} (load with RewardModel.from_pretrained)")
         for name, values in self.results.items():
             print(f"[rewarddance] last {name}: acc {values.get('acc', float('nan')):.3f}")
+        if self.vision_cache is not None:
+            stats = self.vision_cache.stats()
+            print(
+                f"[rewarddance] vision cache: {stats['hits']} images served, {stats['misses']} encoded, "
+                f"{stats['held']} held ({stats['bytes'] / 2**20:.0f} MB)"
+            )
 
     # -- scoring (the same path as RewardModel) --------------------------------------------------
 
