@@ -70,7 +70,7 @@ class RewardTask(RewardEvaluation):
             per-image features and encode only images not seen before (Qwen2-VL backbones; 0: off; off
             under FSDP; the bundled shapes backbones need 16 KiB an image).
             A fine-tuning run sees each image many times: after its first epoch the quickstart's steps
-            cost 0.90x the CPU (``benchmarks/vision_cache.py``). See :mod:`rewarddance.models.vision_cache`.
+            cost 0.90-0.93x the CPU (``benchmarks/vision_cache.py``). See :mod:`rewarddance.models.vision_cache`.
         gradient_checkpointing: Recompute activations in the backward pass.
         template: Template name (``default``, ``short``), YAML path, or mapping (see ``rewarddance/judge/templates``).
         criteria: Criteria name of the template (or a criteria text) for samples without
