@@ -11,17 +11,12 @@ The first block is warm-up and dropped. Prints steps/s per block, then per setti
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
-
-from rewarddance.cli import main as rewarddance_main
-
-ROOT = Path(__file__).resolve().parents[1]
+from inprocess_fit import find_callback, fit_quickstart
 
 
 class AlternateThreads(L.Callback):
@@ -49,16 +44,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=50, help="steps per block")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to alternate")
     args = parser.parse_args()
-    spec = {"class_path": "__main__.AlternateThreads", "init_args": {"counts": args.threads, "block": args.block}}
-    cli = rewarddance_main(
-        [
-            "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.max_steps", str(args.steps),
-            "--trainer.limit_val_batches", "0", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-            "--trainer.enable_progress_bar", "false", "--model.init_args.export", "false", "--test_after_fit", "false",
-            f"--trainer.callbacks+={json.dumps(spec)}",
-        ]
-    )  # fmt: skip
-    timer = next(callback for callback in cli.trainer.callbacks if isinstance(callback, AlternateThreads))
+    cli = fit_quickstart(AlternateThreads, {"counts": args.threads, "block": args.block}, args.steps)
+    timer = find_callback(cli, AlternateThreads)
 
     blocks = timer.blocks[1:]  # the first block includes start-up
     print(f"\n{len(blocks)} blocks of {args.block} steps after warm-up; steps/s per thread count:")

@@ -13,16 +13,11 @@ min and max, and the warm-up epoch's own figures (every image encoded once, alon
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import lightning as L
-
-from rewarddance.cli import main as rewarddance_main
-
-ROOT = Path(__file__).resolve().parents[1]
+from inprocess_fit import find_callback, fit_quickstart
 
 
 class AlternateCache(L.Callback):
@@ -66,17 +61,11 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=50, help="steps per block")
     parser.add_argument("--max_mb", type=float, default=512, help="the cache's size in MB")
     args = parser.parse_args()
-    spec = {"class_path": "__main__.AlternateCache", "init_args": {"warm": args.warm, "block": args.block}}
-    cli = rewarddance_main(
-        [
-            "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
-            "--trainer.max_steps", str(args.warm + args.steps + 1), "--model.init_args.vision_cache_mb", str(args.max_mb),
-            "--trainer.limit_val_batches", "0", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-            "--trainer.enable_progress_bar", "false", "--model.init_args.export", "false", "--test_after_fit", "false",
-            f"--trainer.callbacks+={json.dumps(spec)}",
-        ]
+    cli = fit_quickstart(
+        AlternateCache, {"warm": args.warm, "block": args.block}, args.warm + args.steps + 1,
+        "--model.init_args.vision_cache_mb", str(args.max_mb),
     )  # fmt: skip
-    timer = next(callback for callback in cli.trainer.callbacks if isinstance(callback, AlternateCache))
+    timer = find_callback(cli, AlternateCache)
     print(f"\n{len(timer.blocks)} blocks of {args.block} steps after {args.warm} warm-up steps:")
     means = {}
     for setting in ("off", "on"):
