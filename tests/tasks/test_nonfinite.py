@@ -192,6 +192,17 @@ def test_a_nan_on_one_ddp_rank_stops_every_rank_at_that_step(shards, tmp_path: P
     _finite_weights(checkpoint["state_dict"])
 
 
+def test_a_ddp_rank_whose_whole_batch_was_skipped_still_joins_the_step(shards, tmp_path: Path):  # noqa: F811
+    script = ROOT / "tests" / "distributed" / "skipped_batch_ddp.py"
+    proc = run_group(
+        [sys.executable, str(script), shards["train"], str(tmp_path)], cwd=ROOT, timeout=600, what="DDP skipped batch"
+    )
+    ranks = [(tmp_path / f"rank{r}.txt") for r in (0, 1)]
+    assert all(path.is_file() for path in ranks), proc.stdout[-4000:]
+    steps_and_sums = [path.read_text().split() for path in ranks]
+    assert steps_and_sums[0] == steps_and_sums[1] and steps_and_sums[0][0] == "3"  # in step, the same weights
+
+
 def test_a_trainer_keeps_its_one_guard_across_fit_and_test(tmp_path):
     # Lightning asks configure_callbacks again for test-after-fit: a second guard would replace the first with a
     # notice; a guard the user configured stays the one used.

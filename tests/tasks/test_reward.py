@@ -340,6 +340,28 @@ def test_the_datamodule_hands_the_collator_to_its_workers(shards):
     assert isinstance(batch, RewardBatch) and len(batch.keys) + batch.counts.get("points_skipped", 0) == 4
 
 
+def test_a_batch_crosses_to_the_training_process_unchanged_with_small_tensors_inline(monkeypatch):
+    import rewarddance.judge.batch as batch_module
+
+    task = GenerativeRewardTask()
+    batch = task.collate([_pair("a", "first"), _pair("b", "second"), _point("c")])
+    monkeypatch.setattr(batch_module, "INLINE_TENSOR_BYTES", batch.inputs["input_ids"].nbytes)  # pixels stay shared
+    state = batch.__getstate__()
+    assert isinstance(state["row_targets"], batch_module._InlineTensor)
+    assert isinstance(state["inputs"]["input_ids"], batch_module._InlineTensor)
+    assert isinstance(state["inputs"]["pixel_values"], torch.Tensor)
+    copy = pickle.loads(pickle.dumps(batch))  # a DataLoader worker's pickle (the test above runs a real one)
+    for name in ("row_targets", "row_train", "judgment", "pair_rows", "pair_targets", "point_rows"):
+        original, received = getattr(batch, name), getattr(copy, name)
+        assert isinstance(received, torch.Tensor) and received.dtype == original.dtype
+        assert torch.equal(received, original)
+    assert batch.inputs.keys() == copy.inputs.keys()
+    for key, value in batch.inputs.items():
+        assert copy.inputs[key].dtype == value.dtype and torch.equal(copy.inputs[key], value)
+    assert copy.keys == batch.keys and copy.counts == batch.counts and len(copy.previews) == len(batch.previews)
+    torch.testing.assert_close(task.loss_terms(copy)["pair"], task.loss_terms(batch)["pair"], rtol=0, atol=0)
+
+
 def test_categories_come_from_the_argument_or_the_manifest(shards):
     declared = json.loads((Path(shards["val"]) / "manifest.json").read_text())["categories"]
     assert manifest_categories(shards["val"]) == list(declared) and declared

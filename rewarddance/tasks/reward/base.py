@@ -371,6 +371,18 @@ class RewardTask(RewardEvaluation):
         size = len(batch.keys)
         for name, value in batch.counts.items():
             self.log(f"train/{name}", float(value), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=size)
+        if batch.inputs is None and self.trainer.world_size > 1:
+            # Every sample of this rank's batch was skipped (counted above), but the other ranks trained: each
+            # rank must take part in the step's collectives, so there is no skipping it (Lightning refuses None).
+            if is_sharded(self):  # the other ranks' forward all-gathers the shards: only a forward would do
+                raise UsageError(
+                    f"rank {self.global_rank}: every sample of training batch {batch_idx} was skipped "
+                    f"({dict(batch.counts)}), and a sharded (FSDP) step cannot go on without this rank's forward. "
+                    "Use a larger data.init_args.batch_size, or keep the samples (point_samples, on_bad_input)."
+                )
+            # DDP all-reduces gradients in backward only: a zero loss through every trainable weight joins it,
+            # so this rank adds nothing to the step's gradient (as if its samples were left out of the batch).
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # type: ignore[return-value]
         if batch.inputs is None:
             # Every sample was skipped (counted above). Lightning warns on any None from training_step
             # in case it is a mistake; this one is deliberate, so exactly that message goes.
@@ -517,14 +529,16 @@ class RewardTask(RewardEvaluation):
             if exporter is not None:
                 exporter.trained_conditions = self.trained_conditions
                 exporter.trained_criteria = self.trained_criteria
+        # Every rank asks: the trainer's log_dir is a collective (broadcast from rank 0) under DDP.
+        export_dir = self._export_dir() if self.hparams.export else None
         if not self.trainer.is_global_zero:
             return
         callback = self.trainer.checkpoint_callback
         checkpoint = (callback.best_model_path or callback.last_model_path) if callback is not None else ""
         print(f"[rewarddance] checkpoint: {checkpoint or 'none (checkpointing disabled)'}")
-        if self.hparams.export:
+        if export_dir is not None:
             assert exporter is not None
-            self.export_path = exporter.export_to(self._export_dir())
+            self.export_path = exporter.export_to(export_dir)
             print(f"[rewarddance] export: {self.export_path} (load with RewardModel.from_pretrained)")
         for name, values in self.results.items():
             print(f"[rewarddance] last {name}: acc {values.get('acc', float('nan')):.3f}")
