@@ -350,6 +350,8 @@ def test_a_batch_crosses_to_the_training_process_unchanged_with_small_tensors_in
     assert isinstance(state["row_targets"], batch_module._InlineTensor)
     assert isinstance(state["inputs"]["input_ids"], batch_module._InlineTensor)
     assert isinstance(state["inputs"]["pixel_values"], torch.Tensor)
+    bfloat16 = torch.ones(2, dtype=torch.bfloat16)  # numpy has no bfloat16: it keeps shared memory
+    assert batch_module._inline_if_small(bfloat16) is bfloat16
     copy = pickle.loads(pickle.dumps(batch))  # a DataLoader worker's pickle (the test above runs a real one)
     for name in ("row_targets", "row_train", "judgment", "pair_rows", "pair_targets", "point_rows"):
         original, received = getattr(batch, name), getattr(copy, name)
