@@ -2,7 +2,7 @@
 
     python benchmarks/ipc.py [--batches 200] [--repeats 3]
 
-Builds the quickstart's batches (pairwise template ``short``, the bundled tiny backbone's processor,
+Builds the quickstart's batches (its config's paradigm, backbone, template and sample settings,
 16 samples of ``data/shapes/train`` each) and sends them from a forked worker process through a torch
 multiprocessing queue, as a DataLoader worker does. Two arms, alternated in one run so that both see the
 same machine load: ``tensors`` (every tensor crosses in its own shared-memory segment, torch's default)
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+import yaml
 
 import rewarddance.judge.batch as batch_module
 from rewarddance.data.schema import decode_sample
@@ -29,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def quickstart_batches(count: int) -> list[batch_module.RewardBatch]:
-    task = GenerativeRewardTask(paradigm="pairwise", backbone="shapes-vlm-tiny", template="short", point_samples="skip")
+    recipe = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["model"]["init_args"]
+    rows = ("paradigm", "backbone", "template", "point_samples", "ties")  # what decides a batch's rows and tokens
+    task = GenerativeRewardTask(**{name: recipe[name] for name in rows})
     task.configure_model()
     collate = task.collator
     shard = sorted((ROOT / "data" / "shapes" / "train").glob("*.tar*"))[0]

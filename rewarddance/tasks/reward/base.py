@@ -371,23 +371,23 @@ class RewardTask(RewardEvaluation):
         size = len(batch.keys)
         for name, value in batch.counts.items():
             self.log(f"train/{name}", float(value), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=size)
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if batch.inputs is None and distributed and torch.distributed.get_world_size() > 1:
-            # Every sample of this rank's batch was skipped (counted above), but the other ranks trained: each
-            # rank must take part in the step's collectives, so there is no skipping it (Lightning refuses None).
-            if is_sharded(self):  # the other ranks' forward all-gathers the shards: only a forward would do
-                raise UsageError(
-                    f"rank {self.global_rank}: every sample of training batch {batch_idx} was skipped "
-                    f"({dict(batch.counts)}), and a sharded (FSDP) step cannot go on without this rank's forward. "
-                    "Use a larger data.init_args.batch_size, or keep the samples (point_samples, on_bad_input)."
-                )
-            # DDP all-reduces gradients in backward only: a zero loss through every trainable weight joins it,
-            # so this rank adds nothing to the step's gradient (as if its samples were left out of the batch; were
-            # every rank's batch skipped, the optimizer would still step, on zero gradients).
-            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # type: ignore[return-value]
         if batch.inputs is None:
-            # Every sample was skipped (counted above). Lightning warns on any None from training_step
-            # in case it is a mistake; this one is deliberate, so exactly that message goes.
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            if distributed and torch.distributed.get_world_size() > 1:
+                # Every sample of this rank's batch was skipped (counted above), but the other ranks train: each
+                # rank must take part in the step's collectives, so there is no skipping it (Lightning refuses None).
+                if is_sharded(self):  # the other ranks' forward all-gathers the shards: only a forward would do
+                    raise UsageError(
+                        f"rank {self.global_rank}: every sample of training batch {batch_idx} was skipped "
+                        f"({dict(batch.counts)}), and a sharded (FSDP) step cannot go on without this rank's forward. "
+                        "Use a larger data.init_args.batch_size, or keep the samples (point_samples, on_bad_input)."
+                    )
+                # DDP all-reduces gradients in backward only: a zero loss through every trainable weight joins it,
+                # so this rank adds nothing to the step's gradient (as if its samples were left out of the batch; were
+                # every rank's batch skipped, the optimizer would still step, on zero gradients).
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # type: ignore[return-value]
+            # One process: the step is skipped. Lightning warns on any None from training_step in case it
+            # is a mistake; this one is deliberate, so exactly that message goes.
             warnings.filterwarnings(
                 "ignore",
                 message=re.escape("`training_step` returned `None`"),
