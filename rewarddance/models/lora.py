@@ -78,7 +78,8 @@ def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> int:
             param.requires_grad_(False)
             frozen += param.numel()
     if patterns and frozen == 0:
-        raise ValueError(f"No parameter of {type(model).__name__} matches {list(patterns)}.")
+        shown = ", ".join(f"'{p}'" for p in patterns)
+        raise ValueError(f"No parameter of {type(model).__name__} matches any of {shown} (regexes on parameter names).")
     return frozen
 
 

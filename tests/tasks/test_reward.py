@@ -15,6 +15,7 @@ from PIL import Image
 
 from rewarddance.cli import main
 from rewarddance.data.schema import Sample
+from rewarddance.errors import UsageError
 from rewarddance.judge.evaluation import manifest_categories
 from rewarddance.judge.losses import (
     answer_cross_entropy,
@@ -220,6 +221,22 @@ def test_freeze_projector_leaves_only_the_language_model_trainable():
     frozen = {n for n, p in task.model.named_parameters() if not p.requires_grad}
     assert any(".merger." in n for n in frozen) and any(".visual." in n for n in frozen)
     assert trainable and not any(".visual." in n for n in trainable)  # Qwen2-VL's merger sits inside .visual
+
+
+def test_freeze_patterns_keep_the_lower_layers_and_embeddings_out_of_the_step():
+    task = GenerativeRewardTask(freeze_vision=True, freeze_projector=True, freeze=["embed_tokens", r"layers\.0\."])
+    task.configure_model()
+    task.train()
+    sum(task.loss_terms(task.collate([_pair("a", "first"), _pair("b", "second")])).values()).backward()
+    grads = {n: p.grad for n, p in task.model.named_parameters()}
+    lowest = [n for n in grads if "layers.0." in n or "embed_tokens" in n]
+    assert lowest and all(grads[n] is None for n in lowest)
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in grads if "layers.1." in n)
+
+
+def test_a_freeze_pattern_that_matches_nothing_names_the_setting():
+    with pytest.raises(UsageError, match=r"freeze settings: No parameter .* matches any of 'layers\\.99'"):
+        GenerativeRewardTask(freeze=[r"layers\.99"]).configure_model()
 
 
 def test_an_export_asked_unlike_its_training_warns(tmp_path):

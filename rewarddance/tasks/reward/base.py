@@ -66,6 +66,10 @@ class RewardTask(RewardEvaluation):
         freeze_vision: Freeze the vision encoder.
         freeze_projector: Freeze the vision-to-language projector (Qwen's merger, InternVL's
             ``multi_modal_projector``); with ``freeze_vision``, only the language model learns.
+        freeze: Further parameters to freeze, as regexes on their names (``re.search``), e.g.
+            ``["embed_tokens", "layers\\.0\\."]`` for the token embeddings and the lowest layer: with
+            nothing trainable below a layer, the backward pass stops there. A pattern that matches no
+            parameter is an error. Tied embeddings freeze the output head with them.
         vision_cache_mb: With ``freeze_vision``, keep up to this many megabytes of the vision encoder's
             per-image features and encode only images not seen before (Qwen2-VL backbones; 0: off; off
             under FSDP; the bundled shapes backbones need 16 KiB an image).
@@ -106,6 +110,7 @@ class RewardTask(RewardEvaluation):
         lora: LoraSettings | None = None,
         freeze_vision: bool = False,
         freeze_projector: bool = False,
+        freeze: list[str] | None = None,
         vision_cache_mb: float = 0,
         gradient_checkpointing: bool = False,
         template: str | dict[str, Any] = "default",
@@ -167,13 +172,17 @@ class RewardTask(RewardEvaluation):
             no_word=self.hparams.no_word,
             **(self.hparams.backbone_kwargs or {}),
         )
-        backbone.model = prepare_for_training(
-            backbone.model,
-            self.lora_settings,
-            freeze_vision=self.hparams.freeze_vision,
-            freeze_projector=self.hparams.freeze_projector,
-            gradient_checkpointing=self.hparams.gradient_checkpointing,
-        )
+        try:
+            backbone.model = prepare_for_training(
+                backbone.model,
+                self.lora_settings,
+                freeze_vision=self.hparams.freeze_vision,
+                freeze_projector=self.hparams.freeze_projector,
+                gradient_checkpointing=self.hparams.gradient_checkpointing,
+                freeze_patterns=self.hparams.freeze or (),
+            )
+        except ValueError as error:  # a freeze pattern that matches nothing, or a family without vision patterns
+            raise UsageError(f"model.init_args freeze settings: {error}") from None
         if self.hparams.vision_cache_mb and self.device_mesh is not None:
             # A sharded tower gathers its weights in collectives every rank must join; a rank that
             # serves its images from the cache would skip them and hang the others.
