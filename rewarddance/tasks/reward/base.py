@@ -69,7 +69,8 @@ class RewardTask(RewardEvaluation):
         freeze: Further parameters to freeze, as regexes on their names (``re.search``), e.g.
             ``["embed_tokens", "layers\\.0\\."]`` for the token embeddings and the lowest layer: with
             nothing trainable below a layer, the backward pass stops there. A pattern that matches no
-            parameter is an error. Tied embeddings freeze the output head with them.
+            parameter is an error. Tied embeddings freeze the output head with them. In YAML, quote the
+            patterns with single quotes (``'layers\\.0\\.'``): ``\\.`` is not a valid escape in JSON or double quotes.
         vision_cache_mb: With ``freeze_vision``, keep up to this many megabytes of the vision encoder's
             per-image features and encode only images not seen before (Qwen2-VL backbones; 0: off; off
             under FSDP; the bundled shapes backbones need 16 KiB an image).
