@@ -21,6 +21,7 @@ from rewarddance.models.inputs import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, enco
 from rewarddance.models.logits import last_token_logits, yes_no_log_probs, yes_probability
 from rewarddance.models.lora import (
     LANGUAGE_MODEL_LORA_REGEX,
+    FreezeError,
     LoraSettings,
     freeze_parameters,
     lora_module_names,
@@ -40,6 +41,7 @@ __all__ = [
     "VIDEO_PLACEHOLDER",
     "Backbone",
     "BackboneSpec",
+    "FreezeError",
     "LoraSettings",
     "TinySize",
     "encode",

@@ -23,6 +23,10 @@ LANGUAGE_MODEL_LORA_REGEX = (
 """Matches the attention and MLP projections of the language model of every supported family."""
 
 
+class FreezeError(ValueError):
+    """What to freeze could not be found: a pattern matches nothing, or a family has no known vision patterns."""
+
+
 @dataclass
 class LoraSettings:
     """LoRA hyperparameters.
@@ -69,7 +73,7 @@ def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> int:
         Number of parameters (elements) frozen.
 
     Raises:
-        ValueError: If the patterns match nothing: a silent no-op would leave a "frozen" tower training.
+        FreezeError: If the patterns match nothing: a silent no-op would leave a "frozen" tower training.
     """
     compiled = [re.compile(p) for p in patterns]
     frozen = 0
@@ -79,7 +83,9 @@ def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> int:
             frozen += param.numel()
     if patterns and frozen == 0:
         shown = ", ".join(f"'{p}'" for p in patterns)
-        raise ValueError(f"No parameter of {type(model).__name__} matches any of {shown} (regexes on parameter names).")
+        raise FreezeError(
+            f"No parameter of {type(model).__name__} matches any of {shown} (regexes on parameter names)."
+        )
     return frozen
 
 
@@ -94,7 +100,7 @@ def vision_parameter_patterns(model: nn.Module) -> tuple[tuple[str, ...], tuple[
         Qwen's merger or InternVL's ``multi_modal_projector``.
 
     Raises:
-        ValueError: If no registered family has the model's ``model_type``.
+        FreezeError: If no registered family has the model's ``model_type``.
     """
     # Imported here: the registry imports the heavier processor and model modules.
     from rewarddance.models.backbones import BACKBONES
@@ -103,7 +109,7 @@ def vision_parameter_patterns(model: nn.Module) -> tuple[tuple[str, ...], tuple[
     for spec in BACKBONES.values():
         if spec.model_type == model_type:
             return spec.vision_patterns, spec.projector_patterns
-    raise ValueError(f"No registered backbone family has model_type {model_type!r}.")
+    raise FreezeError(f"No registered backbone family has model_type {model_type!r}.")
 
 
 def prepare_for_training(

@@ -36,7 +36,14 @@ from rewarddance.judge.prompting import (
     model_max_length,
 )
 from rewarddance.judge.readout import RewardHead
-from rewarddance.models import Backbone, LoraSettings, load_backbone, prepare_for_training, sample_frames
+from rewarddance.models import (
+    Backbone,
+    FreezeError,
+    LoraSettings,
+    load_backbone,
+    prepare_for_training,
+    sample_frames,
+)
 from rewarddance.models.inputs import Visual
 from rewarddance.models.vision_cache import VisionFeatureCache, install_vision_cache
 from rewarddance.optimization import configure_optimization
@@ -182,7 +189,7 @@ class RewardTask(RewardEvaluation):
                 gradient_checkpointing=self.hparams.gradient_checkpointing,
                 freeze_patterns=self.hparams.freeze or (),
             )
-        except ValueError as error:  # a freeze pattern that matches nothing, or a family without vision patterns
+        except FreezeError as error:  # only freezing: a LoRA error keeps its own message
             raise UsageError(f"model.init_args freeze settings: {error}") from None
         if self.hparams.vision_cache_mb and self.device_mesh is not None:
             # A sharded tower gathers its weights in collectives every rank must join; a rank that
